@@ -1,0 +1,48 @@
+# The two commands: `make run` (embedded default) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+WEB_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: venv run serve test bench migrate seed lint clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+migrate: venv
+	$(PY) manage.py migrate --noinput
+
+seed: migrate
+	$(PY) manage.py seed_demo --once
+
+# Embedded default: SQLite, in-memory layer, local cache; one process.
+run: seed
+	$(PY) manage.py runserver $(HOST):$(PORT)
+
+# Production shape: needs DATABASE_URL, REDIS_URL and SECRET_KEY. One uvicorn
+# process per core carries Channels WebSockets and the WSGI HTTP path (a2wsgi).
+serve: venv
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput -v0
+	$(VENV)/bin/uvicorn chatsite.asgi:application --host $(HOST) --port $(PORT) \
+		--workers $(WEB_WORKERS) --ws websockets --ws-max-size 65536 \
+		--no-access-log --loop uvloop --http httptools
+
+test: venv
+	$(PY) -m pytest
+
+bench: venv
+	$(PY) bench/run_all.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) staticfiles db.sqlite3

@@ -1,0 +1,54 @@
+from django.contrib.auth import authenticate, login, logout
+from django.middleware.csrf import get_token
+from ninja import Router, Schema
+from ninja.security import django_auth
+from ninja.utils import check_csrf
+
+from accounts.ratelimit import (
+    client_ip, is_login_blocked, record_login_failure, retry_after,
+)
+from chat.serializers import serialize_user
+from chatsite.errors import ChatError, Forbidden, NotAuthenticated, RateLimited
+
+router = Router(tags=["auth"])
+
+
+class LoginIn(Schema):
+    username: str
+    password: str
+
+
+@router.get("/csrf", auth=None)
+def csrf(request):
+    """Return the CSRF token and set its cookie."""
+    return {"csrf_token": get_token(request)}
+
+
+@router.post("/login", auth=None)
+def login_view(request, payload: LoginIn):
+    """Sign in with username and password; sets the session cookie."""
+    if check_csrf(request) is not None:
+        raise Forbidden("CSRF check failed: send the X-CSRFToken header.", code="csrf_failed")
+    ip = client_ip(request)
+    if is_login_blocked(ip, payload.username):
+        raise RateLimited("Too many failed sign-ins; wait a minute.", retry_after=retry_after())
+    user = authenticate(request, username=payload.username, password=payload.password)
+    if user is None:
+        record_login_failure(ip, payload.username)
+        raise NotAuthenticated("Wrong username or password.", code="bad_credentials")
+    login(request, user)  # rotates the session key
+    return {"user": serialize_user(user)}
+
+
+@router.post("/logout", auth=django_auth, response={204: None})
+def logout_view(request):
+    logout(request)
+    return 204, None
+
+
+@router.get("/me", auth=django_auth)
+def me(request):
+    return {"user": serialize_user(request.user)}
+
+
+__all__ = ["router", "ChatError"]

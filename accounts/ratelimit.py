@@ -1,0 +1,38 @@
+"""Login throttling: failures a minute per IP and per username, in the cache."""
+
+import logging
+import time
+
+from django.conf import settings
+from django.core.cache import cache
+
+logger = logging.getLogger(__name__)
+WINDOW_SECONDS = 60
+
+
+def _keys(ip, username):
+    window = int(time.time() // WINDOW_SECONDS)
+    return [f"login-fail:ip:{ip}:{window}", f"login-fail:user:{username.lower()[:150]}:{window}"]
+
+
+def retry_after():
+    return WINDOW_SECONDS - int(time.time() % WINDOW_SECONDS) or 1
+
+
+def is_login_blocked(ip, username):
+    """Whether this IP or username used up its failures in this minute."""
+    counts = cache.get_many(_keys(ip, username))
+    return any(int(n) >= settings.LOGIN_FAILURE_LIMIT for n in counts.values())
+
+
+def record_login_failure(ip, username):
+    for key in _keys(ip, username):
+        try:
+            cache.add(key, 0, WINDOW_SECONDS + 1)
+            cache.incr(key)
+        except ValueError:
+            cache.set(key, 1, WINDOW_SECONDS + 1)
+
+
+def client_ip(request):
+    return request.META.get("REMOTE_ADDR") or "unknown"

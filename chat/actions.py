@@ -1,0 +1,129 @@
+"""Writes of chat messages. Every change takes the project's next number.
+
+The number comes from `UPDATE project SET seq = seq + 1 ... RETURNING seq`: the
+update takes the project row lock, which is held until the transaction commits,
+so commit order equals number order and a rolled-back change gives its number
+back (no gaps). Broadcasts are queued with transaction.on_commit.
+"""
+
+import uuid
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from chat import broadcast
+from chat.models import Message
+from chatsite.errors import Conflict, Invalid
+from projects.access import access_project
+
+
+def take_next_seq(project_id):
+    """Return the project's next change number. Call inside transaction.atomic."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE projects_project SET seq = seq + 1 WHERE id = %s RETURNING seq",
+            [project_id],
+        )
+        return cursor.fetchone()[0]
+
+
+def check_content(content):
+    """Return stripped content or raise Invalid (empty or over the limit)."""
+    if not isinstance(content, str):
+        raise Invalid("Message content must be text.", fields={"content": "type"})
+    content = content.strip()
+    if not content:
+        raise Invalid("A message cannot be empty.", fields={"content": "empty"})
+    limit = settings.MESSAGE_MAX_LENGTH
+    if len(content) > limit:
+        raise Invalid(
+            f"A message is at most {limit} characters.", fields={"content": "too_long"}
+        )
+    if "\x00" in content:
+        raise Invalid("Message content cannot contain NUL characters.", fields={"content": "nul"})
+    return content
+
+
+def check_client_msg_id(value):
+    if value in (None, ""):
+        return None
+    try:
+        return uuid.UUID(str(value))
+    except (ValueError, TypeError, AttributeError):
+        raise Invalid("client_msg_id must be a UUID.", fields={"client_msg_id": "uuid"})
+
+
+def check_send_message(user, project_id, content, client_msg_id=None):
+    """Validate a send and perform it. Return (message, created)."""
+    project, _ = access_project(user, project_id)
+    content = check_content(content)
+    client_msg_id = check_client_msg_id(client_msg_id)
+    return do_send_message(user, project.pk, content, client_msg_id)
+
+
+def _existing(user, client_msg_id, project_id):
+    existing = (
+        Message.objects.select_related("author")
+        .filter(author_id=user.pk, client_msg_id=client_msg_id)
+        .first()
+    )
+    if existing is not None and existing.project_id != project_id:
+        raise Conflict(
+            "This client_msg_id was already used for a message in another project.",
+            fields={"client_msg_id": "reused"},
+        )
+    return existing
+
+
+def do_send_message(user, project_id, content, client_msg_id=None):
+    """Store a message under the project's next number; broadcast after commit."""
+    if client_msg_id is not None:
+        existing = _existing(user, client_msg_id, project_id)
+        if existing is not None:
+            return existing, False
+    try:
+        with transaction.atomic():
+            seq = take_next_seq(project_id)
+            message = Message.objects.create(
+                project_id=project_id,
+                author=user,
+                content=content,
+                seq=seq,
+                changed_seq=seq,
+                client_msg_id=client_msg_id,
+            )
+            broadcast.broadcast_on_commit(message)
+    except IntegrityError:
+        # A concurrent send with the same client_msg_id won; its row is the answer.
+        if client_msg_id is None:
+            raise
+        existing = _existing(user, client_msg_id, project_id)
+        if existing is None:
+            raise
+        return existing, False
+    return message, True
+
+
+def do_edit_message(message, content):
+    """Replace a message's content under the project's next number."""
+    with transaction.atomic():
+        seq = take_next_seq(message.project_id)
+        message.content = content
+        message.changed_seq = seq
+        message.edited_at = timezone.now()
+        message.save(update_fields=["content", "changed_seq", "edited_at", "updated_at"])
+        broadcast.broadcast_on_commit(message)
+    return message
+
+
+def do_delete_message(message):
+    """Leave a tombstone in the message's place under the project's next number."""
+    with transaction.atomic():
+        seq = take_next_seq(message.project_id)
+        message.content = ""
+        message.changed_seq = seq
+        message.deleted_at = timezone.now()
+        message.save(update_fields=["content", "changed_seq", "deleted_at", "updated_at"])
+        broadcast.broadcast_on_commit(message)
+    return message

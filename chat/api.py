@@ -1,0 +1,128 @@
+from typing import Optional
+
+from django.conf import settings
+from django.utils import timezone
+from ninja import Router, Schema
+from ninja.security import django_auth
+
+from chat import actions, selectors
+from chat.search import search_messages
+from chat.serializers import serialize_message, serialize_messages
+from chatsite.api import parse_positive_int
+from chatsite.errors import Forbidden, NotFound
+from projects.access import access_project
+from projects.api import page_params, paginated
+
+router = Router(tags=["messages"], auth=django_auth)
+MAX_CURSOR_LIMIT = 200
+
+
+class MessageIn(Schema):
+    project_id: int
+    content: str
+    client_msg_id: Optional[str] = None
+
+
+class EditIn(Schema):
+    content: str
+
+
+@router.get("/messages")
+def list_messages(request):
+    """Page-numbered history of a project, newest first (the guide's shape)."""
+    project_id = parse_positive_int(request.GET.get("project_id"), "project_id")
+    page, per_page = page_params(request)
+    project, _ = access_project(request.user, project_id)
+    rows, total = selectors.get_message_page(project.pk, page=page, per_page=per_page)
+    return paginated(serialize_messages(rows), total, page, per_page)
+
+
+@router.get("/projects/{int:project_id}/messages")
+def project_messages(request, project_id: int):
+    """Cursor history by seq: `before` pages back, `after` catches up by changed_seq."""
+    before = request.GET.get("before")
+    after = request.GET.get("after")
+    limit = parse_positive_int(request.GET.get("limit"), "limit", default=50)
+    limit = min(limit, MAX_CURSOR_LIMIT)
+    if before not in (None, "") and after not in (None, ""):
+        from chatsite.errors import BadRequest
+
+        raise BadRequest("Give before or after, not both.", fields={"before": "conflict"})
+    project, _ = access_project(request.user, project_id)
+    if after not in (None, ""):
+        after = parse_positive_int(after, "after", minimum=0)
+        rows, has_more = selectors.get_changes_after(project.pk, after=after, limit=limit)
+        next_cursor = rows[-1].changed_seq if has_more and rows else None
+    else:
+        before = None if before in (None, "") else parse_positive_int(before, "before")
+        rows, has_more = selectors.get_recent_messages(project.pk, before=before, limit=limit)
+        next_cursor = rows[-1].seq if has_more and rows else None
+    return {"items": serialize_messages(rows), "has_more": has_more, "next_cursor": next_cursor}
+
+
+@router.post("/messages", response={200: dict, 201: dict})
+def send_message(request, payload: MessageIn):
+    """Send a message; a repeated client_msg_id answers 200 with the existing one."""
+    message, created = actions.check_send_message(
+        request.user, payload.project_id, payload.content, payload.client_msg_id
+    )
+    return (201 if created else 200), serialize_message(message)
+
+
+def _own_message(request, message_id):
+    message = selectors.get_message(message_id)
+    if message is None:
+        raise NotFound("No such message.")
+    project, membership = access_project(request.user, message.project_id)
+    return message, membership
+
+
+@router.patch("/messages/{int:message_id}")
+def edit_message(request, message_id: int, payload: EditIn):
+    """The author edits a message within the edit window."""
+    message, _ = _own_message(request, message_id)
+    if message.author_id != request.user.pk:
+        raise Forbidden("Only the author can edit a message.")
+    if message.deleted_at is not None:
+        raise NotFound("This message was deleted.")
+    window = settings.EDIT_WINDOW_SECONDS
+    if (timezone.now() - message.created_at).total_seconds() > window:
+        raise Forbidden(
+            f"Messages can be edited for {window // 3600} hours after sending.",
+            code="edit_window_closed",
+        )
+    content = actions.check_content(payload.content)
+    return serialize_message(actions.do_edit_message(message, content))
+
+
+@router.delete("/messages/{int:message_id}", response={204: None})
+def delete_message(request, message_id: int):
+    """The author or a project admin deletes a message, leaving a tombstone."""
+    message, membership = _own_message(request, message_id)
+    if message.author_id != request.user.pk and not membership.is_admin:
+        raise Forbidden("Only the author or a project admin can delete a message.")
+    if message.deleted_at is None:
+        actions.do_delete_message(message)
+    return 204, None
+
+
+@router.get("/search")
+def search(request):
+    """Full-text search in the caller's projects, newest first."""
+    query = (request.GET.get("q") or "").strip()
+    if not query:
+        from chatsite.errors import BadRequest
+
+        raise BadRequest("q is required.", fields={"q": "required"})
+    project_id = request.GET.get("project_id")
+    project_id = None if project_id in (None, "") else parse_positive_int(project_id, "project_id")
+    before = request.GET.get("before")
+    before = None if before in (None, "") else parse_positive_int(before, "before")
+    limit = min(parse_positive_int(request.GET.get("limit"), "limit", default=50), 100)
+    if project_id is not None:
+        access_project(request.user, project_id)
+    rows, has_more = search_messages(
+        request.user, query[:200], project_id=project_id, before=before, limit=limit
+    )
+    next_cursor = rows[-1].pk if has_more and rows else None
+    return {"items": serialize_messages(rows), "has_more": has_more, "next_cursor": next_cursor}

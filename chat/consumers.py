@@ -1,0 +1,254 @@
+"""The project socket: /ws/projects/{id}/?after={seq} (SPEC §5)."""
+
+import asyncio
+import logging
+import time
+from urllib.parse import parse_qs
+
+import orjson
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from chat import broadcast, metrics
+from chat.actions import check_send_message
+from chat.selectors import get_changes_after
+from chat.serializers import serialize_message, serialize_messages
+from chatsite.errors import ChatError, Forbidden, NotFound
+from projects.access import access_project
+from projects.actions import do_mark_read
+
+logger = logging.getLogger(__name__)
+
+CLOSE_NOT_SIGNED_IN = 4401
+CLOSE_NOT_MEMBER = 4403
+CLOSE_NO_PROJECT = 4404
+CLOSE_TOO_SLOW = 4008
+CLOSE_TOO_BIG = 1009
+TYPING_MIN_INTERVAL = 2.0
+
+
+class TokenBucket:
+    def __init__(self, rate, burst):
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self):
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+@database_sync_to_async
+def check_membership(user, project_id):
+    project, _ = access_project(user, project_id)
+    return project
+
+
+@database_sync_to_async
+def read_replay(project_id, after, upto, limit):
+    rows, has_more = get_changes_after(project_id, after=after, upto=upto, limit=limit)
+    return serialize_messages(rows), has_more
+
+
+@database_sync_to_async
+def send_message(user, project_id, content, client_msg_id):
+    message, _ = check_send_message(user, project_id, content, client_msg_id)
+    return serialize_message(message)
+
+
+@database_sync_to_async
+def mark_read(user, project_id, seq):
+    return do_mark_read(user, project_id, seq)
+
+
+class ProjectConsumer(AsyncWebsocketConsumer):
+    """Thin: parse, check, then hand the socket to its project's hub."""
+
+    hub = None
+    writer = None
+    closing = False
+    user_id = None
+    username = ""
+
+    async def connect(self):
+        self.queue = asyncio.Queue(maxsize=settings.WS_SEND_QUEUE_FRAMES)
+        self.skip_upto = 0
+        self.send_bucket = TokenBucket(settings.WS_RATE_PER_SECOND, settings.WS_RATE_BURST)
+        self.frame_bucket = TokenBucket(settings.WS_RATE_PER_SECOND * 5, settings.WS_RATE_BURST * 5)
+        self.last_typing = 0.0
+        await self.accept()
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            return await self.close_with(CLOSE_NOT_SIGNED_IN)
+        self.user = user
+        self.user_id, self.username = user.pk, user.username
+        try:
+            self.project_id = int(self.scope["url_route"]["kwargs"]["project_id"])
+            await check_membership(user, self.project_id)
+        except NotFound:
+            return await self.close_with(CLOSE_NO_PROJECT)
+        except Forbidden:
+            return await self.close_with(CLOSE_NOT_MEMBER)
+        after = self._after()
+        self.hub = await broadcast.join_project(self.project_id, self)
+        metrics.WEBSOCKET_CONNECTIONS_ACTIVE.inc()
+        upto = self.hub.flushed_seq
+        await self.send(text_data=broadcast.encode_frame(
+            {"type": "hello", "project_id": self.project_id, "seq": upto}
+        ))
+        if after is not None:
+            await self.replay(after, upto)
+        # A client ahead of this hub (it read the API) skips frames it already has.
+        self.skip_upto = after if after is not None and after > upto else 0
+        await self.send(text_data=self.hub.presence_frame())
+        self.writer = asyncio.get_running_loop().create_task(self.write_frames())
+
+    def _after(self):
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        raw = (query.get("after") or [None])[0]
+        if raw is None or raw == "":
+            return None
+        try:
+            return max(0, int(raw))
+        except ValueError:
+            return None
+
+    async def replay(self, after, upto):
+        """Send the changes in (after, upto] before anything live."""
+        if after >= upto:
+            return
+        limit = settings.REPLAY_LIMIT
+        messages, has_more = await read_replay(self.project_id, after, upto, limit)
+        if has_more:
+            metrics.REPLAYS.labels("resync").inc()
+            await self.send(text_data=broadcast.encode_frame({"type": "resync_required"}))
+            return
+        metrics.REPLAYS.labels("replayed").inc()
+        size = settings.BROADCAST_MAX_BATCH
+        for start in range(0, len(messages), size):
+            chunk = messages[start : start + size]
+            await self.send(text_data=broadcast.encode_frame(
+                {"type": "message_batch", "messages": chunk}
+            ))
+
+    async def disconnect(self, code):
+        if self.hub is not None:
+            self.hub.remove(self)
+            self.hub = None
+            metrics.WEBSOCKET_CONNECTIONS_ACTIVE.dec()
+        if self.writer is not None:
+            self.writer.cancel()
+
+    async def close_with(self, code):
+        metrics.WEBSOCKET_CLOSES.labels(str(code)).inc()
+        self.closing = True
+        await self.close(code=code)
+
+    # -- outgoing: pre-encoded text through a bounded queue --
+    def push_batch(self, frame, first_seq, last_seq):
+        if last_seq <= self.skip_upto:
+            return
+        self.push_frame(frame)
+
+    def push_frame(self, frame):
+        if self.closing:
+            return
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            # A client that does not read must not slow the others: drop it.
+            self.closing = True
+            metrics.SLOW_CLIENTS_CLOSED.inc()
+            if self.hub is not None:
+                self.hub.remove(self)
+                self.hub = None
+                metrics.WEBSOCKET_CONNECTIONS_ACTIVE.dec()
+            asyncio.get_running_loop().create_task(self._close_slow())
+
+    async def _close_slow(self):
+        if self.writer is not None:
+            self.writer.cancel()
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        metrics.WEBSOCKET_CLOSES.labels(str(CLOSE_TOO_SLOW)).inc()
+        await self.close(code=CLOSE_TOO_SLOW)
+
+    async def write_frames(self):
+        while True:
+            frame = await self.queue.get()
+            await self.send(text_data=frame)
+
+    async def send_error(self, code, message):
+        self.push_frame(broadcast.encode_frame({"type": "error", "code": code, "message": message}))
+
+    # -- incoming --
+    async def receive(self, text_data=None, bytes_data=None):
+        if self.closing or self.hub is None:
+            return
+        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        if size > settings.WS_MAX_FRAME_BYTES:
+            return await self.close_with(CLOSE_TOO_BIG)
+        if text_data is None:
+            return await self.send_error("bad_frame", "Frames must be JSON text.")
+        if not self.frame_bucket.take():
+            return await self.send_error("rate_limited", "Too many frames; slow down.")
+        try:
+            event = orjson.loads(text_data)
+        except orjson.JSONDecodeError:
+            return await self.send_error("bad_json", "The frame is not valid JSON.")
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            return await self.send_error("bad_frame", "A frame is a JSON object with a type.")
+        handler = {
+            "message.send": self.message_send,
+            "typing": self.typing,
+            "read": self.read,
+            "ping": self.ping,
+        }.get(event["type"])
+        if handler is None:
+            return await self.send_error("unknown_type", f"Unknown frame type {event['type'][:50]!r}.")
+        await handler(event)
+
+    async def message_send(self, event):
+        if not self.send_bucket.take():
+            return await self.send_error("rate_limited", "You are sending too fast; slow down.")
+        content = event.get("content")
+        if not isinstance(content, str):
+            return await self.send_error("invalid", "content must be text.")
+        client_msg_id = event.get("client_msg_id")
+        if client_msg_id is not None and not isinstance(client_msg_id, str):
+            return await self.send_error("invalid", "client_msg_id must be a UUID string.")
+        try:
+            message = await send_message(self.user, self.project_id, content, client_msg_id)
+        except ChatError as error:
+            return await self.send_error(error.code, error.message)
+        self.push_frame(broadcast.encode_frame(
+            {"type": "ack", "client_msg_id": message["client_msg_id"], "message": message}
+        ))
+
+    async def typing(self, event):
+        now = time.monotonic()
+        if now - self.last_typing < TYPING_MIN_INTERVAL:
+            return
+        self.last_typing = now
+        await sync_to_async(broadcast.notify_typing, thread_sensitive=False)(
+            self.project_id, self.user
+        )
+
+    async def read(self, event):
+        seq = event.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            return await self.send_error("invalid", "seq must be an integer.")
+        try:
+            await mark_read(self.user, self.project_id, seq)
+        except ChatError as error:
+            await self.send_error(error.code, error.message)
+
+    async def ping(self, event):
+        self.push_frame('{"type":"pong"}')

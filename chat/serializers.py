@@ -1,0 +1,47 @@
+"""One serializer per payload, shared by the API, the pages and the WebSocket."""
+
+
+def serialize_message(message):
+    """Return the message JSON of SPEC §4 (a deleted message keeps no content)."""
+    deleted = message.deleted_at is not None
+    return {
+        "id": message.pk,
+        "project_id": message.project_id,
+        "seq": message.seq,
+        "changed_seq": message.changed_seq,
+        "user": {"id": message.author_id, "username": message.author.username},
+        "content": "" if deleted else message.content,
+        "created_at": message.created_at,
+        "edited_at": message.edited_at,
+        "deleted": deleted,
+        "client_msg_id": str(message.client_msg_id) if message.client_msg_id else None,
+    }
+
+
+def serialize_messages(messages):
+    return [serialize_message(m) for m in messages]
+
+
+def serialize_user(user):
+    return {"id": user.pk, "username": user.username}
+
+
+def serialize_project(project, *, membership=None, unread_count=None, member_count=None):
+    data = {
+        "id": project.pk,
+        "name": project.name,
+        "description": project.description,
+        "owner_id": project.owner_id,
+        "is_private": project.is_private,
+        "is_active": project.is_active,
+        "created_at": project.created_at,
+        "seq": project.seq,
+    }
+    if membership is not None:
+        data["role"] = membership.role
+        data["last_read_seq"] = membership.last_read_seq
+    if unread_count is not None:
+        data["unread_count"] = unread_count
+    if member_count is not None:
+        data["member_count"] = member_count
+    return data

@@ -1,0 +1,37 @@
+import logging
+
+from django.db import connection
+from django.http import JsonResponse
+
+logger = logging.getLogger(__name__)
+
+
+def healthz(request):
+    """The process is alive."""
+    return JsonResponse({"status": "ok"})
+
+
+def readyz(request):
+    """Database and Redis reachable (short timeouts), else 503 naming the failing part."""
+    from django.conf import settings
+
+    failing = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        failing["database"] = str(exc)[:200]
+    if settings.REDIS_URL:
+        try:
+            import redis
+
+            redis.Redis.from_url(
+                settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1
+            ).ping()
+        except Exception as exc:  # noqa: BLE001
+            failing["redis"] = str(exc)[:200]
+    if failing:
+        response = JsonResponse({"status": "unavailable", "failing": failing}, status=503)
+        response["Retry-After"] = "5"
+        return response
+    return JsonResponse({"status": "ok"})

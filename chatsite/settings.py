@@ -1,0 +1,241 @@
+"""Settings for the chat service: one module, driven by the environment.
+
+Without DATABASE_URL and REDIS_URL the service runs on the embedded default
+(SQLite, local-memory cache, in-memory channel layer). With them it runs in
+production shape (PostgreSQL with psycopg's pool, Redis for cache, sessions and
+the broadcast bus). See .env.example for every variable and its default.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+from dotenv import load_dotenv
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+load_dotenv(BASE_DIR / ".env", override=False)
+
+
+def env(name, default=None, cast=str):
+    """Read one setting from the environment, cast to the default's kind."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if cast is bool:
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if cast is list:
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    return cast(raw)
+
+
+DEBUG = env("DEBUG", False, bool)
+DATABASE_URL = env("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+REDIS_URL = env("REDIS_URL")
+# Production shape: a real database server and Redis. It must never run on the
+# development key.
+PRODUCTION = not DATABASE_URL.startswith("sqlite") and bool(REDIS_URL)
+
+SECRET_KEY = env("SECRET_KEY")
+if not SECRET_KEY:
+    if PRODUCTION and not DEBUG and not env("ALLOW_INSECURE_KEY", False, bool):
+        raise ImproperlyConfigured(
+            "SECRET_KEY is required in production shape "
+            "(DATABASE_URL and REDIS_URL set). Set SECRET_KEY in the environment."
+        )
+    SECRET_KEY = "dev-insecure-key-do-not-use-in-production-" + "x" * 20
+
+ALLOWED_HOSTS = env("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"], list)
+CSRF_TRUSTED_ORIGINS = env("CSRF_TRUSTED_ORIGINS", [], list)
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "channels",
+    "accounts",
+    "projects",
+    "chat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "chatsite.urls"
+WSGI_APPLICATION = "chatsite.wsgi.application"
+ASGI_APPLICATION = "chatsite.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------
+# The guide's pool variables mapped onto Django's psycopg pool. CONN_MAX_AGE
+# stays 0: persistent connections leak under ASGI; the pool keeps them instead.
+DB_POOL_SIZE = env("DB_POOL_SIZE", 10, int)
+DB_MAX_OVERFLOW = env("DB_MAX_OVERFLOW", 20, int)
+DB_POOL_TIMEOUT = env("DB_POOL_TIMEOUT", 30, float)
+DB_POOL_RECYCLE = env("DB_POOL_RECYCLE", 3600, float)
+DB_POOL_ENABLED = env("DB_POOL_ENABLED", True, bool)
+
+# conn_health_checks also makes the pool check a connection before lending it
+# (the guide's pool_pre_ping).
+_db = dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)
+if _db["ENGINE"] == "django.db.backends.postgresql":
+    _db.setdefault("OPTIONS", {})
+    if DB_POOL_ENABLED:
+        _db["OPTIONS"]["pool"] = {
+            "min_size": min(2, DB_POOL_SIZE),
+            "max_size": DB_POOL_SIZE + DB_MAX_OVERFLOW,
+            "timeout": DB_POOL_TIMEOUT,
+            "max_lifetime": DB_POOL_RECYCLE,
+        }
+    _db["TEST"] = {"NAME": env("TEST_DATABASE_NAME", "test_chat")}
+else:
+    _db["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "accounts.User"
+
+# --- Cache, sessions, channel layer --------------------------------------------
+CACHE_TTL = env("CACHE_TTL", 300, int)
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "TIMEOUT": CACHE_TTL,
+            "OPTIONS": {
+                "CLIENT_CLASS": "django_redis.client.DefaultClient",
+                "SOCKET_CONNECT_TIMEOUT": 1,
+                "SOCKET_TIMEOUT": 1,
+                # A Redis outage degrades to the database instead of failing.
+                "IGNORE_EXCEPTIONS": True,
+            },
+        }
+    }
+    DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "TIMEOUT": CACHE_TTL,
+        }
+    }
+    SESSION_ENGINE = "django.contrib.sessions.backends.db"
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Chat behaviour -------------------------------------------------------------
+MESSAGE_MAX_LENGTH = env("MESSAGE_MAX_LENGTH", 10000, int)
+BROADCAST_MAX_BATCH = env("BROADCAST_MAX_BATCH", 10, int)
+BROADCAST_MAX_WAIT_MS = env("BROADCAST_MAX_WAIT_MS", 100, int)
+REPLAY_LIMIT = env("REPLAY_LIMIT", 500, int)
+WS_MAX_FRAME_BYTES = env("WS_MAX_FRAME_BYTES", 65536, int)
+WS_SEND_QUEUE_FRAMES = env("WS_SEND_QUEUE_FRAMES", 256, int)
+WS_RATE_PER_SECOND = env("WS_RATE_PER_SECOND", 10.0, float)
+WS_RATE_BURST = env("WS_RATE_BURST", 30, int)
+LOGIN_FAILURE_LIMIT = env("LOGIN_FAILURE_LIMIT", 5, int)
+
+# --- Performance knobs of the guide (used by later layers) ---------------------
+SLOW_QUERY_THRESHOLD = env("SLOW_QUERY_THRESHOLD", 0.1, float)
+SQL_ECHO = env("SQL_ECHO", False, bool)
+ENABLE_COMPRESSION = env("ENABLE_COMPRESSION", True, bool)
+COMPRESSION_LEVEL = env("COMPRESSION_LEVEL", 5, int)
+COMPRESSION_MIN_SIZE = env("COMPRESSION_MIN_SIZE", 1000, int)
+ENABLE_METRICS = env("ENABLE_METRICS", True, bool)
+METRICS_PORT = env("METRICS_PORT", 9090, int)
+
+# --- Auth -------------------------------------------------------------------------
+LOGIN_URL = "/login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+if env("FAST_PASSWORD_HASHER", False, bool):
+    # Tests and load tests only: log-in cost is not what they measure.
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+# --- Static files ---------------------------------------------------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_MAX_AGE = env("STATIC_MAX_AGE", 86400, int)
+WHITENOISE_MAX_AGE = STATIC_MAX_AGE
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if PRODUCTION and not DEBUG
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        )
+    },
+}
+
+# --- Security (production shape) ------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if PRODUCTION and not DEBUG:
+    # Served behind a TLS-terminating proxy in production shape.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = env("SESSION_COOKIE_SECURE", True, bool)
+    CSRF_COOKIE_SECURE = env("CSRF_COOKIE_SECURE", True, bool)
+    SECURE_SSL_REDIRECT = env("SECURE_SSL_REDIRECT", False, bool)
+    SECURE_HSTS_SECONDS = env("SECURE_HSTS_SECONDS", 31536000, int)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    # The TLS proxy redirects plain HTTP; the app itself also serves loopback
+    # health checks and load tests over plain HTTP.
+    SILENCED_SYSTEM_CHECKS = ["security.W008"] if not SECURE_SSL_REDIRECT else []
+
+LOG_LEVEL = env("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "DEBUG" if SQL_ECHO else "INFO"}},
+}
+EDIT_WINDOW_SECONDS = env("EDIT_WINDOW_SECONDS", 86400, int)

@@ -1,0 +1,40 @@
+"""Permission checks: fetch what the caller may touch, or raise."""
+
+from chatsite.errors import Forbidden, NotFound
+from projects.models import Membership, Project
+
+
+def access_project(user, project_id):
+    """Return (project, membership) for a member of an active project, or raise."""
+    membership = (
+        Membership.objects.select_related("project")
+        .filter(user_id=user.pk, project_id=project_id)
+        .first()
+    )
+    if membership is None or not membership.project.is_active:
+        get_active_project(project_id)  # 404 for a missing project, else 403
+        raise Forbidden("You are not a member of this project.", code="not_member")
+    return membership.project, membership
+
+
+def get_active_project(project_id):
+    """Return the active project with this id, or raise NotFound."""
+    project = Project.objects.filter(pk=project_id, is_active=True).first()
+    if project is None:
+        raise NotFound("No such project.")
+    return project
+
+
+def access_project_admin(user, project_id):
+    """Return (project, membership) when the caller is the project's owner or admin."""
+    project, membership = access_project(user, project_id)
+    if not membership.is_admin:
+        raise Forbidden("Only the project's owners and admins may do this.")
+    return project, membership
+
+
+def can_view_project(user, project):
+    """Whether a user may see a project's public details (not its history)."""
+    if not project.is_private:
+        return True
+    return Membership.objects.filter(user_id=user.pk, project_id=project.pk).exists()

@@ -1,0 +1,77 @@
+"""Writes about projects and memberships, with their side effects."""
+
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+
+from chatsite.errors import Conflict, Forbidden, Invalid, NotFound
+from projects.access import access_project, access_project_admin, get_active_project
+from projects.models import Membership, Project
+
+
+def check_create_project(owner, *, name, description="", is_private=False):
+    """Validate and create a project; the caller becomes its owner."""
+    name = (name or "").strip()
+    if not name:
+        raise Invalid("A project needs a name.", fields={"name": "required"})
+    if len(name) > 200:
+        raise Invalid("Project names are at most 200 characters.", fields={"name": "too_long"})
+    return do_create_project(owner, name=name, description=description or "", is_private=is_private)
+
+
+@transaction.atomic
+def do_create_project(owner, *, name, description="", is_private=False):
+    project = Project.objects.create(
+        name=name, description=description, is_private=is_private, owner=owner
+    )
+    Membership.objects.create(user=owner, project=project, role=Membership.Role.OWNER)
+    return project
+
+
+def do_join_project(user, project_id):
+    """Join a public project; joining twice is harmless."""
+    project = get_active_project(project_id)
+    existing = Membership.objects.filter(user_id=user.pk, project_id=project.pk).first()
+    if existing:
+        return project, existing
+    if project.is_private:
+        raise Forbidden("This project is private: ask an owner or admin to add you.")
+    try:
+        with transaction.atomic():
+            membership = Membership.objects.create(
+                user=user, project=project, last_read_seq=0
+            )
+    except IntegrityError:
+        membership = Membership.objects.get(user_id=user.pk, project_id=project.pk)
+    return project, membership
+
+
+def do_leave_project(user, project_id):
+    project, membership = access_project(user, project_id)
+    if membership.role == Membership.Role.OWNER:
+        others = Membership.objects.filter(
+            project_id=project.pk, role=Membership.Role.OWNER
+        ).exclude(pk=membership.pk)
+        if not others.exists():
+            raise Conflict("The last owner cannot leave; hand the project over first.")
+    membership.delete()
+    return project
+
+
+def do_add_member(actor, project_id, username):
+    """An owner or admin adds a user by username."""
+    project, _ = access_project_admin(actor, project_id)
+    user = get_user_model().objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise NotFound("No such user.", fields={"username": "unknown"})
+    membership, created = Membership.objects.get_or_create(user=user, project=project)
+    return project, membership, created
+
+
+def do_mark_read(user, project_id, seq):
+    """Move last_read_seq forward only; a stale tab can never move it back."""
+    project, membership = access_project(user, project_id)
+    seq = max(0, min(int(seq), project.seq))
+    Membership.objects.filter(pk=membership.pk, last_read_seq__lt=seq).update(
+        last_read_seq=seq
+    )
+    return max(seq, membership.last_read_seq)

@@ -1,0 +1,107 @@
+from typing import Optional
+
+from ninja import Router, Schema
+from ninja.security import django_auth
+
+from chat.serializers import serialize_project
+from chatsite.api import parse_positive_int
+from projects import actions, selectors
+from projects.access import access_project, get_active_project
+
+router = Router(tags=["projects"], auth=django_auth)
+MAX_PER_PAGE = 100
+
+
+class ProjectIn(Schema):
+    name: str
+    description: Optional[str] = ""
+    is_private: Optional[bool] = False
+
+
+class MemberIn(Schema):
+    username: str
+
+
+class ReadIn(Schema):
+    seq: int
+
+
+def page_params(request):
+    """Parse page and per_page (default 50, clamped to 100) or raise 400."""
+    page = parse_positive_int(request.GET.get("page"), "page", default=1)
+    per_page = parse_positive_int(request.GET.get("per_page"), "per_page", default=50)
+    return page, min(per_page, MAX_PER_PAGE)
+
+
+def paginated(items, total, page, per_page):
+    return {
+        "items": items,
+        "total": total,
+        "page": page,
+        "per_page": per_page,
+        "has_next": page * per_page < total,
+        "has_prev": page > 1,
+    }
+
+
+@router.get("")
+def list_projects(request):
+    """The caller's active projects with unread counts, page-numbered."""
+    page, per_page = page_params(request)
+    total = selectors.count_user_projects(request.user)
+    memberships = selectors.get_user_memberships(
+        request.user, offset=(page - 1) * per_page, limit=per_page
+    )
+    items = [
+        serialize_project(m.project, membership=m, unread_count=m.unread_count)
+        for m in memberships
+    ]
+    return paginated(items, total, page, per_page)
+
+
+@router.post("", response={201: dict})
+def create_project(request, payload: ProjectIn):
+    project = actions.check_create_project(
+        request.user,
+        name=payload.name,
+        description=payload.description or "",
+        is_private=bool(payload.is_private),
+    )
+    return 201, serialize_project(project, member_count=1)
+
+
+@router.get("/{int:project_id}")
+def get_project(request, project_id: int):
+    """Details of a project: members see any; others see public ones."""
+    project = get_active_project(project_id)
+    if project.is_private:
+        project, _ = access_project(request.user, project_id)
+    return serialize_project(project, member_count=selectors.count_members(project))
+
+
+@router.post("/{int:project_id}/join")
+def join_project(request, project_id: int):
+    project, membership = actions.do_join_project(request.user, project_id)
+    return serialize_project(project, membership=membership)
+
+
+@router.post("/{int:project_id}/leave", response={204: None})
+def leave_project(request, project_id: int):
+    actions.do_leave_project(request.user, project_id)
+    return 204, None
+
+
+@router.post("/{int:project_id}/members", response={200: dict, 201: dict})
+def add_member(request, project_id: int, payload: MemberIn):
+    project, membership, created = actions.do_add_member(
+        request.user, project_id, payload.username
+    )
+    body = {"project_id": project.pk, "user": {"id": membership.user_id,
+            "username": payload.username}, "role": membership.role}
+    return (201 if created else 200), body
+
+
+@router.post("/{int:project_id}/read")
+def mark_read(request, project_id: int, payload: ReadIn):
+    last_read_seq = actions.do_mark_read(request.user, project_id, payload.seq)
+    return {"project_id": project_id, "last_read_seq": last_read_seq}
