@@ -22,6 +22,7 @@ Design (chosen by measurement, see docs/PERFORMANCE.md and docs/REALTIME.md):
 """
 
 import asyncio
+import contextvars
 import logging
 import os
 import socket
@@ -32,6 +33,7 @@ import weakref
 
 import orjson
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 
@@ -102,7 +104,11 @@ class LocalBus:
         for registry in list(_registries.values()):
             hub = registry.hubs.get(project_id)
             if hub is not None:
-                hub.loop.call_soon_threadsafe(hub.feed_raw, data)
+                # A fresh context: the publisher may sit inside sync_to_async,
+                # and the hub's own database reads must not inherit that.
+                hub.loop.call_soon_threadsafe(
+                    hub.feed_raw, data, context=contextvars.Context()
+                )
 
     async def subscribe(self, hub):
         return None
@@ -278,14 +284,14 @@ async def _start_hub(project_id):
     return hub
 
 
-@sync_to_async
+@database_sync_to_async
 def _read_project_seq(project_id):
     from projects.models import Project
 
     return Project.objects.filter(pk=project_id).values_list("seq", flat=True).first() or 0
 
 
-@sync_to_async
+@database_sync_to_async
 def _read_changes(project_id, after, upto):
     from chat.selectors import get_changes_after
 
@@ -323,7 +329,7 @@ class ProjectHub:
         early, self.early = self.early, []
         for data in early:
             self.feed_raw(data)
-        self.poller = self.loop.create_task(self._poll())
+        self.poller = self.loop.create_task(self._poll(), context=contextvars.Context())
         self.heartbeat = self.loop.create_task(self._heartbeat())
 
     # -- sockets --
@@ -388,7 +394,9 @@ class ProjectHub:
             return
         self.buffer[cs] = message
         if self.gap_handle is None:
-            self.gap_handle = self.loop.call_later(GAP_WAIT_SECONDS, self.request_catch_up)
+            self.gap_handle = self.loop.call_later(
+                GAP_WAIT_SECONDS, self.request_catch_up, context=contextvars.Context()
+            )
 
     def _accept(self, message):
         self.last_seq = message["changed_seq"]
@@ -409,7 +417,7 @@ class ProjectHub:
         self.gap_handle = None
         if not self.catching_up and not self.closed:
             self.catching_up = True
-            self.loop.create_task(self._catch_up())
+            self.loop.create_task(self._catch_up(), context=contextvars.Context())
 
     async def _catch_up(self):
         try:
