@@ -131,3 +131,11 @@ def client_owner(owner):
 @pytest.fixture
 def client_outsider(outsider):
     return login_client(outsider)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fast_password_hasher():
+    """Log-in cost is not what the tests measure (settings load before conftest)."""
+    from django.conf import settings
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -77,6 +77,15 @@ def _own_message(request, message_id):
     return message, membership
 
 
+def _describe_seconds(seconds):
+    """Name a duration in the largest whole unit ("24 hours", "15 minutes")."""
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
 @router.patch("/messages/{int:message_id}")
 def edit_message(request, message_id: int, payload: EditIn):
     """The author edits a message within the edit window."""
@@ -88,7 +97,7 @@ def edit_message(request, message_id: int, payload: EditIn):
     window = settings.EDIT_WINDOW_SECONDS
     if (timezone.now() - message.created_at).total_seconds() > window:
         raise Forbidden(
-            f"Messages can be edited for {window // 3600} hours after sending.",
+            f"Messages can be edited for {_describe_seconds(window)} after sending.",
             code="edit_window_closed",
         )
     content = actions.check_content(payload.content)
