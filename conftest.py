@@ -115,6 +115,7 @@ def login_client(user, enforce_csrf=False):
 
     c = Client(enforce_csrf_checks=enforce_csrf)
     c.force_login(user)
+    c.get("/api/auth/me")  # warms the cached session and user, as a browser's first page would
     return c
 
 
@@ -139,3 +140,9 @@ def _fast_password_hasher():
     from django.conf import settings
 
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Unit tests run without collectstatic; hashed, precompressed names are
+    # checked against a live server in tests/test_live_static.py.
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }

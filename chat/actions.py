@@ -14,8 +14,19 @@ from django.utils import timezone
 
 from chat import broadcast
 from chat.models import Message
+from chatsite.cache import bump_version
 from chatsite.errors import Conflict, Invalid
 from projects.access import access_project
+
+
+def notify_change(message):
+    """After commit: retire the project's cached reads, then broadcast the change."""
+    project_id = message.project_id
+    # Bumped now and again after commit: a reader that rebuilt from the old
+    # rows in between is retired too.
+    bump_version("project", project_id)
+    transaction.on_commit(lambda: bump_version("project", project_id))
+    broadcast.broadcast_on_commit(message)
 
 
 def take_next_seq(project_id):
@@ -93,7 +104,7 @@ def do_send_message(user, project_id, content, client_msg_id=None):
                 changed_seq=seq,
                 client_msg_id=client_msg_id,
             )
-            broadcast.broadcast_on_commit(message)
+            notify_change(message)
     except IntegrityError:
         # A concurrent send with the same client_msg_id won; its row is the answer.
         if client_msg_id is None:
@@ -113,7 +124,7 @@ def do_edit_message(message, content):
         message.changed_seq = seq
         message.edited_at = timezone.now()
         message.save(update_fields=["content", "changed_seq", "edited_at", "updated_at"])
-        broadcast.broadcast_on_commit(message)
+        notify_change(message)
     return message
 
 
@@ -125,5 +136,5 @@ def do_delete_message(message):
         message.changed_seq = seq
         message.deleted_at = timezone.now()
         message.save(update_fields=["content", "changed_seq", "deleted_at", "updated_at"])
-        broadcast.broadcast_on_commit(message)
+        notify_change(message)
     return message

@@ -1,6 +1,7 @@
 from typing import Optional
 
 from django.conf import settings
+from django.http import HttpResponse
 from django.utils import timezone
 from ninja import Router, Schema
 from ninja.security import django_auth
@@ -9,8 +10,8 @@ from chat import actions, selectors
 from chat.search import search_messages
 from chat.serializers import serialize_message, serialize_messages
 from chatsite.api import parse_positive_int
-from chatsite.errors import Forbidden, NotFound
-from projects.access import access_project
+from chatsite.errors import BadRequest, Forbidden, NotFound
+from projects.access import access_project, access_project_cached
 from projects.api import page_params, paginated
 
 router = Router(tags=["messages"], auth=django_auth)
@@ -32,9 +33,8 @@ def list_messages(request):
     """Page-numbered history of a project, newest first (the guide's shape)."""
     project_id = parse_positive_int(request.GET.get("project_id"), "project_id")
     page, per_page = page_params(request)
-    project, _ = access_project(request.user, project_id)
-    rows, total = selectors.get_message_page(project.pk, page=page, per_page=per_page)
-    return paginated(serialize_messages(rows), total, page, per_page)
+    access_project_cached(request.user, project_id)
+    return json_body(selectors.get_message_page_body(project_id, page=page, per_page=per_page))
 
 
 @router.get("/projects/{int:project_id}/messages")
@@ -45,19 +45,19 @@ def project_messages(request, project_id: int):
     limit = parse_positive_int(request.GET.get("limit"), "limit", default=50)
     limit = min(limit, MAX_CURSOR_LIMIT)
     if before not in (None, "") and after not in (None, ""):
-        from chatsite.errors import BadRequest
-
         raise BadRequest("Give before or after, not both.", fields={"before": "conflict"})
-    project, _ = access_project(request.user, project_id)
-    if after not in (None, ""):
-        after = parse_positive_int(after, "after", minimum=0)
-        rows, has_more = selectors.get_changes_after(project.pk, after=after, limit=limit)
-        next_cursor = rows[-1].changed_seq if has_more and rows else None
-    else:
-        before = None if before in (None, "") else parse_positive_int(before, "before")
-        rows, has_more = selectors.get_recent_messages(project.pk, before=before, limit=limit)
-        next_cursor = rows[-1].seq if has_more and rows else None
-    return {"items": serialize_messages(rows), "has_more": has_more, "next_cursor": next_cursor}
+    before = None if before in (None, "") else parse_positive_int(before, "before")
+    after = None if after in (None, "") else parse_positive_int(after, "after", minimum=0)
+    # Permission is checked on every request; only the body is shared.
+    access_project_cached(request.user, project_id)
+    return json_body(
+        selectors.get_history_body(project_id, before=before, after=after, limit=limit)
+    )
+
+
+def json_body(body):
+    """Answer with JSON bytes that were encoded (and cached) once."""
+    return HttpResponse(body, content_type="application/json")
 
 
 @router.post("/messages", response={200: dict, 201: dict})
@@ -120,8 +120,6 @@ def search(request):
     """Full-text search in the caller's projects, newest first."""
     query = (request.GET.get("q") or "").strip()
     if not query:
-        from chatsite.errors import BadRequest
-
         raise BadRequest("q is required.", fields={"q": "required"})
     project_id = request.GET.get("project_id")
     project_id = None if project_id in (None, "") else parse_positive_int(project_id, "project_id")

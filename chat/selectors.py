@@ -1,6 +1,10 @@
 """Reads of chat history. History is ordered by seq, never by time or offset."""
 
+import orjson
+
 from chat.models import Message
+from chat.serializers import serialize_messages
+from chatsite.cache import get_or_build, get_version, make_key
 
 
 def _messages(project_id):
@@ -42,3 +46,44 @@ def get_message(message_id):
 
 def _messages_by_id():
     return Message.objects.select_related("author")
+
+
+# --- cached bodies: keyed by the project's version, bumped after every change --------
+
+
+def get_history_body(project_id, *, before=None, after=None, limit=50):
+    """Return the encoded cursor-history JSON, built once per project version."""
+
+    def build():
+        if after is not None:
+            rows, has_more = get_changes_after(project_id, after=after, limit=limit)
+            cursor = rows[-1].changed_seq if has_more and rows else None
+        else:
+            rows, has_more = get_recent_messages(project_id, before=before, limit=limit)
+            cursor = rows[-1].seq if has_more and rows else None
+        return orjson.dumps(
+            {"items": serialize_messages(rows), "has_more": has_more, "next_cursor": cursor}
+        )
+
+    version = get_version("project", project_id)
+    key = make_key("hist", project_id, version, before, after, limit)
+    return get_or_build(key, build, name="history")
+
+
+def get_message_page_body(project_id, *, page, per_page):
+    """Return the encoded page-numbered history JSON, built once per project version."""
+
+    def build():
+        rows, total = get_message_page(project_id, page=page, per_page=per_page)
+        return orjson.dumps({
+            "items": serialize_messages(rows),
+            "total": total,
+            "page": page,
+            "per_page": per_page,
+            "has_next": page * per_page < total,
+            "has_prev": page > 1,
+        })
+
+    version = get_version("project", project_id)
+    key = make_key("page", project_id, version, page, per_page)
+    return get_or_build(key, build, name="message_page")

@@ -38,3 +38,44 @@ def can_view_project(user, project):
     if not project.is_private:
         return True
     return Membership.objects.filter(user_id=user.pk, project_id=project.pk).exists()
+
+
+# --- cached access check for hot reads --------------------------------------------
+
+_NOT_MEMBER = "!403"
+_NO_PROJECT = "!404"
+
+
+def _access_key(user_id, project_id):
+    return f"acc:{user_id}:{project_id}"
+
+
+def access_project_cached(user, project_id):
+    """Return the caller's role in an active project, or raise; served from the cache.
+
+    Membership and project changes drop the entry after commit (projects.signals).
+    """
+    from chatsite.cache import safe_get, safe_set
+
+    key = _access_key(user.pk, project_id)
+    role = safe_get(key)
+    if role is None:
+        try:
+            _, membership = access_project(user, project_id)
+            role = membership.role
+        except NotFound:
+            role = _NO_PROJECT
+        except Forbidden:
+            role = _NOT_MEMBER
+        safe_set(key, role)
+    if role == _NO_PROJECT:
+        raise NotFound("No such project.")
+    if role == _NOT_MEMBER:
+        raise Forbidden("You are not a member of this project.", code="not_member")
+    return role
+
+
+def forget_access(user_id, project_id):
+    from chatsite.cache import safe_delete_many
+
+    safe_delete_many([_access_key(user_id, project_id)])

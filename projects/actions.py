@@ -3,6 +3,7 @@
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
+from chatsite.cache import bump_version
 from chatsite.errors import Conflict, Forbidden, Invalid, NotFound
 from projects.access import access_project, access_project_admin, get_active_project
 from projects.models import Membership, Project
@@ -71,7 +72,10 @@ def do_mark_read(user, project_id, seq):
     """Move last_read_seq forward only; a stale tab can never move it back."""
     project, membership = access_project(user, project_id)
     seq = max(0, min(int(seq), project.seq))
-    Membership.objects.filter(pk=membership.pk, last_read_seq__lt=seq).update(
+    moved = Membership.objects.filter(pk=membership.pk, last_read_seq__lt=seq).update(
         last_read_seq=seq
     )
+    if moved:
+        bump_version("user", user.pk)
+        transaction.on_commit(lambda: bump_version("user", user.pk))
     return max(seq, membership.last_read_seq)

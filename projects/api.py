@@ -1,5 +1,6 @@
 from typing import Optional
 
+from django.http import HttpResponse
 from ninja import Router, Schema
 from ninja.security import django_auth
 
@@ -48,15 +49,8 @@ def paginated(items, total, page, per_page):
 def list_projects(request):
     """The caller's active projects with unread counts, page-numbered."""
     page, per_page = page_params(request)
-    total = selectors.count_user_projects(request.user)
-    memberships = selectors.get_user_memberships(
-        request.user, offset=(page - 1) * per_page, limit=per_page
-    )
-    items = [
-        serialize_project(m.project, membership=m, unread_count=m.unread_count)
-        for m in memberships
-    ]
-    return paginated(items, total, page, per_page)
+    body = selectors.get_user_projects_body(request.user, page=page, per_page=per_page)
+    return HttpResponse(body, content_type="application/json")
 
 
 @router.post("", response={201: dict})

@@ -50,3 +50,52 @@ def get_public_projects_to_join(user, *, limit=50):
         .exclude(Q(memberships__user_id=user.pk))
         .order_by("-created_at")[:limit]
     )
+
+
+# --- cached body of the project list ---------------------------------------------------
+
+
+def get_user_projects_body(user, *, page, per_page):
+    """Return the encoded project-list JSON of a user.
+
+    Its key holds the user's version (bumped on membership changes and reads)
+    and the versions of the user's projects (bumped on every change in them),
+    so any change that alters an unread count retires it.
+    """
+    import hashlib
+
+    import orjson
+
+    from chat.serializers import serialize_project
+    from chatsite.cache import get_or_build, get_version, get_versions, make_key
+
+    user_version = get_version("user", user.pk)
+    project_ids = get_or_build(
+        make_key("umem", user.pk, user_version),
+        lambda: list(
+            Membership.objects.filter(user_id=user.pk, project__is_active=True)
+            .order_by("project_id").values_list("project_id", flat=True)
+        ),
+        name="memberships",
+    )
+    versions = get_versions("project", project_ids) if project_ids else {}
+    digest = hashlib.blake2b(
+        ",".join(f"{pid}={versions[pid]}" for pid in project_ids).encode(), digest_size=12
+    ).hexdigest()
+
+    def build():
+        total = count_user_projects(user)
+        memberships = get_user_memberships(
+            user, offset=(page - 1) * per_page, limit=per_page
+        )
+        items = [
+            serialize_project(m.project, membership=m, unread_count=m.unread_count)
+            for m in memberships
+        ]
+        return orjson.dumps({
+            "items": items, "total": total, "page": page, "per_page": per_page,
+            "has_next": page * per_page < total, "has_prev": page > 1,
+        })
+
+    key = make_key("plist", user.pk, user_version, digest, page, per_page)
+    return get_or_build(key, build, name="project_list")
