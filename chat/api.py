@@ -11,7 +11,7 @@ from chat.search import search_messages
 from chat.serializers import serialize_message, serialize_messages
 from chatsite.api import parse_positive_int
 from chatsite.errors import BadRequest, Forbidden, NotFound
-from projects.access import access_project, access_project_cached
+from projects.access import access_project
 from projects.api import page_params, paginated
 
 router = Router(tags=["messages"], auth=django_auth)
@@ -33,8 +33,9 @@ def list_messages(request):
     """Page-numbered history of a project, newest first (the guide's shape)."""
     project_id = parse_positive_int(request.GET.get("project_id"), "project_id")
     page, per_page = page_params(request)
-    access_project_cached(request.user, project_id)
-    return json_body(selectors.get_message_page_body(project_id, page=page, per_page=per_page))
+    return json_body(
+        selectors.get_message_page_body(request.user, project_id, page=page, per_page=per_page)
+    )
 
 
 @router.get("/projects/{int:project_id}/messages")
@@ -48,11 +49,9 @@ def project_messages(request, project_id: int):
         raise BadRequest("Give before or after, not both.", fields={"before": "conflict"})
     before = None if before in (None, "") else parse_positive_int(before, "before")
     after = None if after in (None, "") else parse_positive_int(after, "after", minimum=0)
-    # Permission is checked on every request; only the body is shared.
-    access_project_cached(request.user, project_id)
-    return json_body(
-        selectors.get_history_body(project_id, before=before, after=after, limit=limit)
-    )
+    return json_body(selectors.get_history_body(
+        request.user, project_id, before=before, after=after, limit=limit
+    ))
 
 
 def json_body(body):

@@ -4,7 +4,7 @@ import orjson
 
 from chat.models import Message
 from chat.serializers import serialize_messages
-from chatsite.cache import get_or_build, get_version, make_key
+from chatsite.cache import get_slot, make_key
 
 
 def _messages(project_id):
@@ -51,8 +51,14 @@ def _messages_by_id():
 # --- cached bodies: keyed by the project's version, bumped after every change --------
 
 
-def get_history_body(project_id, *, before=None, after=None, limit=50):
-    """Return the encoded cursor-history JSON, built once per project version."""
+def get_history_body(user, project_id, *, before=None, after=None, limit=50):
+    """Check access, then return the encoded cursor-history JSON.
+
+    The access entry, the project's version and the cached body come in one
+    cache round trip; the body is built once per project version. Permission
+    is checked on every request; only the body is shared.
+    """
+    from projects.access import access_key, access_project_cached
 
     def build():
         if after is not None:
@@ -65,13 +71,17 @@ def get_history_body(project_id, *, before=None, after=None, limit=50):
             {"items": serialize_messages(rows), "has_more": has_more, "next_cursor": cursor}
         )
 
-    version = get_version("project", project_id)
-    key = make_key("hist", project_id, version, before, after, limit)
-    return get_or_build(key, build, name="history")
+    akey = access_key(user.pk, project_id)
+    return get_slot(
+        make_key("hist", project_id, before, after, limit), "project", project_id, build,
+        name="history", extra_keys=[akey],
+        check=lambda found: access_project_cached(user, project_id, cached=found[akey]),
+    )
 
 
-def get_message_page_body(project_id, *, page, per_page):
-    """Return the encoded page-numbered history JSON, built once per project version."""
+def get_message_page_body(user, project_id, *, page, per_page):
+    """Check access, then return the encoded page-numbered history JSON."""
+    from projects.access import access_key, access_project_cached
 
     def build():
         rows, total = get_message_page(project_id, page=page, per_page=per_page)
@@ -84,6 +94,9 @@ def get_message_page_body(project_id, *, page, per_page):
             "has_prev": page > 1,
         })
 
-    version = get_version("project", project_id)
-    key = make_key("page", project_id, version, page, per_page)
-    return get_or_build(key, build, name="message_page")
+    akey = access_key(user.pk, project_id)
+    return get_slot(
+        make_key("page", project_id, page, per_page), "project", project_id, build,
+        name="message_page", extra_keys=[akey],
+        check=lambda found: access_project_cached(user, project_id, cached=found[akey]),
+    )

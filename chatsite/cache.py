@@ -133,6 +133,8 @@ def _local_lock(key):
 
 def get_or_build(key, build, *, name="read", timeout=None):
     """Return the cached value of key, building it at most once per burst."""
+    if not settings.CACHE_HOT_READS:
+        return build()
     value = safe_get(key, MISSING)
     if value is not MISSING:
         CACHE_LOOKUPS.labels(name, "hit").inc()
@@ -197,3 +199,33 @@ def cache_result(ttl_seconds=None, *, prefix=None):
         return wrapper
 
     return decorate
+
+
+def get_slot(slot, scope, ident, build, *, name="read", extra_keys=(), check=None):
+    """Return a cached read tagged with its scope's version.
+
+    One round trip fetches the version, the slot and any extra keys the caller
+    needs; ``check(extras)`` runs before anything is served or built (an access
+    check that raises). The slot holds (version, value) and is used only when
+    its version is current, else rebuilt once per burst.
+    """
+    vkey = _version_key(scope, ident)
+    found = safe_get_many([vkey, slot, *extra_keys])
+    if check is not None:
+        check({k: found.get(k) for k in extra_keys})
+    if not settings.CACHE_HOT_READS:
+        return build()
+    version = found.get(vkey)
+    if version is None:
+        version = get_version(scope, ident)
+    entry = found.get(slot)
+    if entry is not None and entry[0] == version:
+        CACHE_LOOKUPS.labels(name, "hit").inc()
+        return entry[1]
+
+    def build_tagged():
+        return (version, build())
+
+    entry = get_or_build(f"{slot}@{version}", build_tagged, name=name)
+    safe_set(slot, entry)
+    return entry[1]

@@ -61,9 +61,16 @@ INSTALLED_APPS = [
     "accounts",
     "projects",
     "chat",
+    "django_prometheus",
+    "chatsite.apps.ChatsiteConfig",
 ]
 
 MIDDLEWARE = [
+    # Outermost: the request id is bound to every log line below it, and the
+    # metrics time everything (docs/OPERATIONS.md).
+    "chatsite.logging.RequestIdMiddleware",
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "chatsite.metrics.MetricsMiddleware",
     "chatsite.middleware.ApiErrorShapeMiddleware",
     "chatsite.compression.CompressionMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -72,8 +79,10 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "chatsite.profiling.ProfilingMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -126,6 +135,8 @@ AUTHENTICATION_BACKENDS = ["accounts.backends.CachedModelBackend"]
 
 # --- Cache, sessions, channel layer --------------------------------------------
 CACHE_TTL = env("CACHE_TTL", 300, int)
+# Off only to measure the uncached path (bench/http_bench.py).
+CACHE_HOT_READS = env("CACHE_HOT_READS", True, bool)
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -190,6 +201,27 @@ COMPRESSION_MIN_SIZE = env("COMPRESSION_MIN_SIZE", 1000, int)
 ENABLE_METRICS = env("ENABLE_METRICS", True, bool)
 METRICS_PORT = env("METRICS_PORT", 9090, int)
 
+# --- Observability: metrics, structured logs, profiling (docs/OPERATIONS.md) -----
+# /metrics answers these client addresses (or networks) and staff sessions.
+METRICS_ALLOWED_IPS = env("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"], list)
+METRICS_ADDRESS = env("METRICS_ADDRESS", "127.0.0.1")
+# Several worker processes: prometheus_client shares values through this
+# directory (read from the environment by prometheus_client itself).
+PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR")
+if PROMETHEUS_MULTIPROC_DIR:
+    os.makedirs(PROMETHEUS_MULTIPROC_DIR, exist_ok=True)
+if not ENABLE_METRICS:
+    MIDDLEWARE = [name for name in MIDDLEWARE if not name.startswith("django_prometheus.")]
+elif CACHES["default"]["BACKEND"] == "django_redis.cache.RedisCache":
+    # django-prometheus's subclass counts gets, hits and misses (django_cache_*).
+    CACHES["default"]["BACKEND"] = "django_prometheus.cache.backends.redis.RedisCache"
+PROFILE_REQUESTS = env("PROFILE_REQUESTS", False, bool)
+PROFILE_THRESHOLD_MS = env("PROFILE_THRESHOLD_MS", 200, float)
+# JSON lines in production shape, readable lines on the embedded default.
+LOG_FORMAT = env("LOG_FORMAT", "json" if PRODUCTION else "plain")
+if LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured("LOG_FORMAT must be json or plain.")
+
 # --- Auth -------------------------------------------------------------------------
 LOGIN_URL = "/login"
 LOGIN_REDIRECT_URL = "/"
@@ -252,9 +284,16 @@ LOG_LEVEL = env("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "chatsite.logging.JsonFormatter"},
+    },
+    "filters": {"request_id": {"()": "chatsite.logging.RequestIdFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT,
+                             "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "DEBUG" if SQL_ECHO else "INFO"}},
+    # SQL_ECHO goes through chatsite.db (every statement, pooled or not), not
+    # through Django's debug cursor.
+    "loggers": {"django.db.backends": {"level": "INFO"}},
 }
 EDIT_WINDOW_SECONDS = env("EDIT_WINDOW_SECONDS", 86400, int)

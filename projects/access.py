@@ -50,15 +50,21 @@ def _access_key(user_id, project_id):
     return f"acc:{user_id}:{project_id}"
 
 
-def access_project_cached(user, project_id):
+def access_key(user_id, project_id):
+    return _access_key(user_id, project_id)
+
+
+def access_project_cached(user, project_id, *, cached=None):
     """Return the caller's role in an active project, or raise; served from the cache.
 
-    Membership and project changes drop the entry after commit (projects.signals).
+    `cached` is the access entry when the caller already fetched it (one round
+    trip with other keys). Membership and project changes drop the entry
+    (projects.signals).
     """
     from chatsite.cache import safe_get, safe_set
 
     key = _access_key(user.pk, project_id)
-    role = safe_get(key)
+    role = cached if cached is not None else safe_get(key)
     if role is None:
         try:
             _, membership = access_project(user, project_id)

@@ -1,0 +1,201 @@
+"""HTTP benchmarks, each comparing two ways side by side in one run (wrk on loopback).
+
+Usage:
+    .venv/bin/python bench/http_bench.py [--only NAME ...] [--duration 10]
+        [--messages 1000000] [--out bench/results/http.md]
+
+Needs PostgreSQL and Redis (DATABASE_URL, REDIS_URL; defaults to the local
+services) and wrk (apt-get install wrk). Every server is the production server
+(uvicorn, one worker per core, HTTP through a2wsgi) started on its own database.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DATABASE_URL", "postgres://root@127.0.0.1:5432/postgres")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+from tests.live import LiveServer, cookie_header, login, make_live_env, run_manage  # noqa: E402
+
+LOAD_PASSWORD = "bench-pass-123"
+
+
+def wrk(url, cookie=None, *, duration, connections=64, threads=2, headers=()):
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if cookie:
+        cmd += ["-H", f"Cookie: {cookie}"]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+\w+)", out, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {"rps": rps, "p50": lat.get("50"), "p90": lat.get("90"), "p99": lat.get("99"),
+            "errors": int(non2xx.group(1)) if non2xx else 0, "raw": out}
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process and its children (seconds)."""
+    total = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.rows = []
+        self.env, self.close = make_live_env()
+
+    def seed(self, messages):
+        t0 = time.monotonic()
+        run_manage(self.env, "seed_demo", "--users", "20", "--projects", "2",
+                   "--messages", str(messages), "--password", LOAD_PASSWORD, timeout=1800)
+        run_manage(self.env, "shell", "-c", "from django.db import connection;"
+                   "connection.cursor().execute('ANALYZE')")
+        return time.monotonic() - t0
+
+    def server(self, extra=None, workers=None):
+        return LiveServer(self.env, workers=workers or os.cpu_count() or 2,
+                          extra_env=extra).start()
+
+    def measure(self, server, path, *, cookie=True, headers=(), label=""):
+        session = login(server.url, "user1", LOAD_PASSWORD) if cookie else None
+        url = server.url + path
+        wrk(url, cookie_header(session) if session else None, duration=2, headers=headers)
+        before = cpu_seconds(server.proc.pid)
+        result = wrk(url, cookie_header(session) if session else None,
+                     duration=self.args.duration, headers=headers)
+        result["cpu_ms_per_req"] = (
+            (cpu_seconds(server.proc.pid) - before) * 1000
+            / max(1, result["rps"] * self.args.duration)
+        )
+        result["label"] = label or path
+        return result
+
+    def project_id(self, server, name="General"):
+        session = login(server.url, "user1", LOAD_PASSWORD)
+        items = session.get(server.url + "/api/projects").json()["items"]
+        return next(p["id"] for p in items if p["name"] == name)
+
+
+def table(title, rows, command):
+    lines = [f"### {title}", "", f"Command: `{command}`", "",
+             "| variant | req/s | p50 | p90 | p99 | non-2xx | server CPU ms/req |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['rps']:,.0f} | {r['p50']} | {r['p90']} | {r['p99']} "
+                     f"| {r['errors']} | {r['cpu_ms_per_req']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--out", default=str(ROOT / "bench/results/http.md"))
+    args = parser.parse_args()
+    command = "python bench/http_bench.py " + " ".join(sys.argv[1:])
+    bench = Bench(args)
+    sections = []
+    try:
+        seed_seconds = bench.seed(args.messages)
+        want = set(args.only or ["cache", "compression", "pool", "depth"])
+        if "cache" in want:
+            on = bench.server()
+            pid = bench.project_id(on)
+            rows = [
+                bench.measure(on, "/healthz", cookie=False,
+                              label="framework ceiling: trivial view (/healthz)"),
+                bench.measure(on, f"/api/projects/{pid}/messages",
+                              label="first history page, cached"),
+            ]
+            on.stop()
+            off = bench.server({"CACHE_HOT_READS": "false"})
+            rows.append(bench.measure(off, f"/api/projects/{pid}/messages",
+                                      label="first history page, uncached"))
+            off.stop()
+            sections.append(table("Cached vs uncached first history page (64 connections)",
+                                  rows, command))
+        if "compression" in want:
+            srv = bench.server()
+            pid = bench.project_id(srv)
+            rows = []
+            for label, hdrs in (("identity", ()), ("gzip", ("Accept-Encoding: gzip",)),
+                                ("brotli", ("Accept-Encoding: br",))):
+                rows.append(bench.measure(srv, f"/api/projects/{pid}/messages",
+                                          headers=hdrs, label=f"history page, {label}"))
+            sess = login(srv.url, "user1", LOAD_PASSWORD)
+            sizes = {}
+            for enc in ("identity", "gzip", "br"):
+                r = sess.get(srv.url + f"/api/projects/{pid}/messages",
+                             headers={"Accept-Encoding": enc}, stream=True)
+                sizes[enc] = len(r.raw.read())
+            srv.stop()
+            sections.append(table("Compressed vs uncompressed history page", rows, command)
+                            + f"\nBytes on the wire: {json.dumps(sizes)}\n")
+        if "pool" in want:
+            rows = []
+            for label, extra in (("psycopg pool", {}),
+                                 ("no pool (connect per request)",
+                                  {"DB_POOL_ENABLED": "false"})):
+                srv = bench.server({**extra, "CACHE_HOT_READS": "false"})
+                pid = bench.project_id(srv)
+                rows.append(bench.measure(srv, f"/api/projects/{pid}", label=label))
+                srv.stop()
+            sections.append(table("Pool vs no pool: project detail (uncached, 2 queries)",
+                                  rows, command))
+        if "depth" in want:
+            srv = bench.server({"CACHE_HOT_READS": "false"})
+            pid = bench.project_id(srv)
+            sess = login(srv.url, "user1", LOAD_PASSWORD)
+            total = sess.get(srv.url + f"/api/messages?project_id={pid}&per_page=50").json()[
+                "total"]
+            deep_page = max(1, total // 50 - 1)
+            deep_seq = total - (deep_page - 1) * 50 + 1
+            rows = [
+                bench.measure(srv, f"/api/messages?project_id={pid}&page=1",
+                              label="page-numbered, page 1"),
+                bench.measure(srv, f"/api/messages?project_id={pid}&page={deep_page}",
+                              label=f"page-numbered, page {deep_page} (offset)"),
+                bench.measure(srv, f"/api/projects/{pid}/messages?before={deep_seq}",
+                              label=f"cursor, before={deep_seq} (same depth)"),
+            ]
+            srv.stop()
+            sections.append(table(f"History depth on {total:,} messages in one project "
+                                  "(uncached)", rows, command))
+    finally:
+        bench.close()
+    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    header = (f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on "
+              f"{os.cpu_count()} cores ({cpu.group(1) if cpu else 'unknown CPU'}), wrk on the "
+              f"same machine, {args.duration} s per row, seed of {args.messages:,} messages "
+              f"took {seed_seconds:.0f} s.\n\n")
+    text = header + "\n".join(sections)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
