@@ -1,7 +1,12 @@
 """Small middleware of the project's own."""
 
+import logging
+
 import orjson
+from django.db import OperationalError
 from django.http import HttpResponse
+
+logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/"
 CODES = {400: "bad_request", 401: "not_authenticated", 403: "forbidden", 404: "not_found",
@@ -39,4 +44,45 @@ class ApiErrorShapeMiddleware:
                 if header in response:
                     replacement[header] = response[header]
             return replacement
+        return response
+
+
+class DatabaseUnavailableMiddleware:
+    """Answer 503 with Retry-After when the database is down or the pool is exhausted.
+
+    A pool that cannot lend a connection within DB_POOL_TIMEOUT raises
+    PoolTimeout (an OperationalError); so does a database that is down. The
+    client gets a clear 503 and tries again, instead of a 500.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        try:
+            return self.get_response(request)
+        except OperationalError as exc:
+            return self.unavailable(request, exc)
+
+    def process_exception(self, request, exception):
+        if isinstance(exception, OperationalError):
+            return self.unavailable(request, exception)
+        return None
+
+    def unavailable(self, request, exc):
+        logger.error("event=database_unavailable path=%s error=%s", request.path, str(exc)[:200])
+        if request.path.startswith(API_PREFIX):
+            body = orjson.dumps({"error": {
+                "code": "unavailable",
+                "message": "The database is unavailable; try again shortly.",
+                "fields": {},
+            }})
+            response = HttpResponse(body, status=503, content_type="application/json")
+        else:
+            response = HttpResponse(
+                "<!doctype html><title>Unavailable</title><h1>Back in a moment</h1>"
+                "<p>The service is catching its breath. Reload in a few seconds.</p>",
+                status=503, content_type="text/html",
+            )
+        response["Retry-After"] = "5"
         return response
