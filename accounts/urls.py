@@ -1,1 +1,8 @@
-urlpatterns = []
+from django.urls import path
+
+from accounts import views
+
+urlpatterns = [
+    path("login", views.LoginPageView.as_view(), name="login"),
+    path("logout", views.LogoutPageView.as_view(), name="logout"),
+]

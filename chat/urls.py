@@ -1,8 +1,10 @@
 from django.urls import path
 
-from chat import views
+from chat import page_views, views
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("projects/<int:project_id>/", page_views.project_page, name="project"),
+    path("search", page_views.search_page, name="search"),
 ]

@@ -1,1 +1,10 @@
-urlpatterns = []
+from django.urls import path
+
+from projects import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("projects/new", views.create_project, name="project_create"),
+    path("projects/<int:project_id>/join", views.join_project, name="project_join"),
+    path("projects/<int:project_id>/leave", views.leave_project, name="project_leave"),
+]

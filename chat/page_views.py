@@ -1,0 +1,233 @@
+"""Server-rendered chat pages: a project's history with its composer, and search.
+
+Both read without JavaScript; static/chat/chat.js makes the project page live.
+Messages are rendered from serialize_messages(), the same dicts the API and the
+socket send, so the three cannot drift.
+"""
+
+import re
+import uuid
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods
+
+from chat import selectors
+from chat.actions import check_send_message
+from chat.search import search_messages
+from chat.serializers import serialize_messages, serialize_user
+from chatsite.errors import ChatError, Forbidden, NotFound
+from projects.access import access_project, get_active_project
+from projects.actions import do_mark_read
+from projects.models import Membership
+from projects.selectors import count_members
+from projects.views import render_forbidden, render_not_found
+
+PAGE_SIZE = 50
+SEARCH_PAGE_SIZE = 50
+SNIPPET_CHARS = 300
+
+
+def parse_seq(raw):
+    """Return a positive whole number from a query value, or None for anything else."""
+    try:
+        number = int(raw)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def open_project(request, project_id):
+    """Return (project, membership, None) or (None, None, an error page response)."""
+    try:
+        project, membership = access_project(request.user, project_id)
+    except NotFound as error:
+        return None, None, render_not_found(request, error.message)
+    except Forbidden as error:
+        # One more query, on the refusal path only: name the project and offer
+        # a join button when it is public.
+        try:
+            project = get_active_project(project_id)
+        except NotFound:
+            project = None
+        return None, None, render_forbidden(request, error.message, project=project)
+    return project, membership, None
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+@login_required
+def project_page(request, project_id):
+    """GET: the last 50 messages (or an older page); POST: send from the no-JS composer."""
+    project, membership, refusal = open_project(request, project_id)
+    if refusal is not None:
+        return refusal
+    if request.method == "POST":
+        return post_message(request, project, membership)
+    return render_project(request, project, membership)
+
+
+def post_message(request, project, membership):
+    """Send, then redirect back to the latest page (POST/redirect/GET).
+
+    The form carries a client_msg_id made when the page was rendered, so a
+    double-clicked Send or a re-submitted form creates the message once.
+    """
+    content = request.POST.get("content", "")
+    try:
+        check_send_message(
+            request.user, project.pk, content, request.POST.get("client_msg_id") or None
+        )
+    except ChatError as error:
+        return render_project(
+            request, project, membership, error=error.message, draft=content, status=422
+        )
+    return redirect(reverse("project", args=[project.pk]) + "#composer")
+
+
+def render_project(request, project, membership, *, error=None, draft="", status=200):
+    """Render a page of history in a constant number of queries (see the tests).
+
+    `?before=<seq>` shows the 50 messages before that number (the no-JS "older"
+    link); `?around=<seq>` shows the page holding that message (search hits).
+    """
+    before = parse_seq(request.GET.get("before"))
+    around = parse_seq(request.GET.get("around"))
+    if around is not None:
+        before = around + PAGE_SIZE // 2
+    # A cursor past the project's last number shows the same rows as no cursor.
+    is_latest = before is None or before > project.seq
+    rows, has_older = selectors.get_recent_messages(
+        project.pk, before=None if is_latest else before, limit=PAGE_SIZE
+    )
+    rows.reverse()  # oldest at the top
+    chat_messages = serialize_messages(rows)
+
+    last_read_seq = membership.last_read_seq
+    first_unread_seq = next(
+        (
+            m["seq"]
+            for m in chat_messages
+            if m["seq"] > last_read_seq and m["user"]["id"] != request.user.pk
+        ),
+        None,
+    )
+    if is_latest and request.method == "GET" and last_read_seq < project.seq:
+        # Showing the latest page reads it, which is what a reader without
+        # JavaScript needs; chat.js reports reads of live messages itself.
+        do_mark_read(request.user, project.pk, project.seq)
+
+    state = {
+        "projectId": project.pk,
+        "projectName": project.name,
+        # The project's number as read with the membership, before the rows:
+        # a change committed in between is both rendered and replayed by the
+        # socket (the client applies changes by id, so once), never missed.
+        "lastChangedSeq": project.seq,
+        "oldestSeq": chat_messages[0]["seq"] if chat_messages else None,
+        "newestSeq": chat_messages[-1]["seq"] if chat_messages else None,
+        "hasOlder": has_older,
+        "isLatest": is_latest,
+        "lastReadSeq": max(last_read_seq, project.seq) if is_latest else last_read_seq,
+        "user": serialize_user(request.user),
+        "role": membership.role,
+        "canModerate": membership.role
+        in (Membership.Role.OWNER, Membership.Role.ADMIN),
+        "messageMaxLength": settings.MESSAGE_MAX_LENGTH,
+        "editWindowSeconds": settings.EDIT_WINDOW_SECONDS,
+        "projectUrl": reverse("project", args=[project.pk]),
+        "loginUrl": settings.LOGIN_URL,
+    }
+    context = {
+        "project": project,
+        "membership": membership,
+        "member_count": count_members(project),
+        "chat_messages": chat_messages,
+        "has_older": has_older,
+        "is_latest": is_latest,
+        "first_unread_seq": first_unread_seq,
+        "highlight_seq": around,
+        "chat_state": state,
+        "max_length": settings.MESSAGE_MAX_LENGTH,
+        "client_msg_id": uuid.uuid4(),
+        "error": error,
+        "draft": draft,
+    }
+    return render(request, "chat/project.html", context, status=status)
+
+
+def highlight(content, query):
+    """Split content into (text, is_match) parts around the query's words.
+
+    A snippet of about SNIPPET_CHARS around the first match keeps long
+    messages short. The template escapes every part.
+    """
+    words = [re.escape(word) for word in query.split()[:10] if word]
+    pattern = re.compile("|".join(words), re.IGNORECASE) if words else None
+    first = pattern.search(content) if pattern else None
+    start = 0
+    if len(content) > SNIPPET_CHARS:
+        start = max(0, (first.start() if first else 0) - SNIPPET_CHARS // 3)
+    text = content[start : start + SNIPPET_CHARS]
+    prefix = "…" if start > 0 else ""
+    suffix = "…" if start + SNIPPET_CHARS < len(content) else ""
+    parts = [(prefix, False)] if prefix else []
+    position = 0
+    for match in pattern.finditer(text) if pattern else ():
+        if match.start() > position:
+            parts.append((text[position : match.start()], False))
+        parts.append((match.group(0), True))
+        position = match.end()
+    parts.append((text[position:], False))
+    if suffix:
+        parts.append((suffix, False))
+    return [part for part in parts if part[0]]
+
+
+@require_GET
+@login_required
+def search_page(request):
+    """Search my projects; each hit links to its place in the project's history."""
+    query = (request.GET.get("q") or "").strip()[:200]
+    project_id = parse_seq(request.GET.get("project_id"))
+    before = parse_seq(request.GET.get("before"))
+    # The user's projects, for the filter and to name each hit's project
+    # without a query per hit. A page reading one list is clearer here than a
+    # selector used nowhere else.
+    projects = list(
+        Membership.objects.filter(user_id=request.user.pk, project__is_active=True)
+        .select_related("project")
+        .only("project_id", "project__id", "project__name")
+        .order_by("project__name", "project_id")
+    )
+    names = {m.project_id: m.project.name for m in projects}
+    if project_id is not None and project_id not in names:
+        _, _, refusal = open_project(request, project_id)
+        if refusal is not None:
+            return refusal
+
+    hits, has_more, next_before = [], False, None
+    if query:
+        rows, has_more = search_messages(
+            request.user,
+            query,
+            project_id=project_id,
+            before=before,
+            limit=SEARCH_PAGE_SIZE,
+        )
+        for message in serialize_messages(rows):
+            message["project_name"] = names.get(message["project_id"], "")
+            message["parts"] = highlight(message["content"], query)
+            hits.append(message)
+        next_before = rows[-1].pk if has_more and rows else None
+    context = {
+        "query": query,
+        "project_id": project_id,
+        "projects": [m.project for m in projects],
+        "hits": hits,
+        "has_more": has_more,
+        "next_before": next_before,
+        "searched": bool(query),
+    }
+    return render(request, "chat/search.html", context)
