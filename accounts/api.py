@@ -5,7 +5,10 @@ from ninja.security import django_auth
 from ninja.utils import check_csrf
 
 from accounts.ratelimit import (
-    client_ip, is_login_blocked, record_login_failure, retry_after,
+    client_ip,
+    is_login_blocked,
+    record_login_failure,
+    retry_after,
 )
 from chat.serializers import serialize_user
 from chatsite.errors import ChatError, Forbidden, NotAuthenticated, RateLimited

@@ -1,4 +1,3 @@
-from typing import Optional
 
 from django.conf import settings
 from django.http import HttpResponse
@@ -12,7 +11,7 @@ from chat.serializers import serialize_message, serialize_messages
 from chatsite.api import parse_positive_int
 from chatsite.errors import BadRequest, Forbidden, NotFound
 from projects.access import access_project
-from projects.api import page_params, paginated
+from projects.api import page_params
 
 router = Router(tags=["messages"], auth=django_auth)
 MAX_CURSOR_LIMIT = 200
@@ -21,7 +20,7 @@ MAX_CURSOR_LIMIT = 200
 class MessageIn(Schema):
     project_id: int
     content: str
-    client_msg_id: Optional[str] = None
+    client_msg_id: str | None = None
 
 
 class EditIn(Schema):

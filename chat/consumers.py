@@ -7,15 +7,17 @@ from urllib.parse import parse_qs
 
 import orjson
 from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import DatabaseError
 
 from chat import broadcast, metrics
 from chat.actions import check_send_message
+from chat.broadcast import db_task
 from chat.selectors import get_changes_after
 from chat.serializers import serialize_message, serialize_messages
 from chatsite.errors import ChatError, Forbidden, NotFound
+from chatsite.logging import bind_connection_id
 from projects.access import access_project
 from projects.actions import do_mark_read
 
@@ -45,25 +47,25 @@ class TokenBucket:
         return False
 
 
-@database_sync_to_async
+@db_task
 def check_membership(user, project_id):
     project, _ = access_project(user, project_id)
     return project
 
 
-@database_sync_to_async
+@db_task
 def read_replay(project_id, after, upto, limit):
     rows, has_more = get_changes_after(project_id, after=after, upto=upto, limit=limit)
     return serialize_messages(rows), has_more
 
 
-@database_sync_to_async
+@db_task
 def send_message(user, project_id, content, client_msg_id):
     message, _ = check_send_message(user, project_id, content, client_msg_id)
     return serialize_message(message)
 
 
-@database_sync_to_async
+@db_task
 def mark_read(user, project_id, seq):
     return do_mark_read(user, project_id, seq)
 
@@ -78,6 +80,8 @@ class ProjectConsumer(AsyncWebsocketConsumer):
     username = ""
 
     async def connect(self):
+        # Every log line of this connection's task carries one request id.
+        bind_connection_id(self.scope)
         self.queue = asyncio.Queue(maxsize=settings.WS_SEND_QUEUE_FRAMES)
         self.skip_upto = 0
         self.send_bucket = TokenBucket(settings.WS_RATE_PER_SECOND, settings.WS_RATE_BURST)
@@ -152,9 +156,14 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         await self.close(code=code)
 
     # -- outgoing: pre-encoded text through a bounded queue --
-    def push_batch(self, frame, first_seq, last_seq):
-        if last_seq <= self.skip_upto:
+    def push_batch(self, frame, batch):
+        if batch[-1]["changed_seq"] <= self.skip_upto:
             return
+        if batch[0]["changed_seq"] <= self.skip_upto:
+            # Rare: a batch straddling where this client already is; send
+            # only what it lacks.
+            batch = [m for m in batch if m["changed_seq"] > self.skip_upto]
+            frame = broadcast.encode_frame({"type": "message_batch", "messages": batch})
         self.push_frame(frame)
 
     def push_frame(self, frame):
@@ -178,15 +187,27 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         while not self.queue.empty():
             self.queue.get_nowait()
         metrics.WEBSOCKET_CLOSES.labels(str(CLOSE_TOO_SLOW)).inc()
-        await self.close(code=CLOSE_TOO_SLOW)
+        try:
+            await self.close(code=CLOSE_TOO_SLOW)
+        except Exception:  # noqa: BLE001 - the client may already be gone
+            logger.info("event=close_after_disconnect project=%s", self.project_id)
 
     async def write_frames(self):
-        while True:
-            frame = await self.queue.get()
-            await self.send(text_data=frame)
+        try:
+            while True:
+                frame = await self.queue.get()
+                await self.send(text_data=frame)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the socket went away mid-send
+            self.closing = True
+            logger.info("event=send_failed project=%s", getattr(self, "project_id", None))
 
-    async def send_error(self, code, message):
-        self.push_frame(broadcast.encode_frame({"type": "error", "code": code, "message": message}))
+    async def send_error(self, code, message, client_msg_id=None):
+        frame = {"type": "error", "code": code, "message": message}
+        if client_msg_id is not None:
+            frame["client_msg_id"] = client_msg_id
+        self.push_frame(broadcast.encode_frame(frame))
 
     # -- incoming --
     async def receive(self, text_data=None, bytes_data=None):
@@ -227,7 +248,12 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         try:
             message = await send_message(self.user, self.project_id, content, client_msg_id)
         except ChatError as error:
-            return await self.send_error(error.code, error.message)
+            return await self.send_error(error.code, error.message, client_msg_id)
+        except DatabaseError:
+            logger.warning("event=send_failed_database project=%s", self.project_id)
+            return await self.send_error(
+                "unavailable", "The message was not stored; try again shortly.", client_msg_id
+            )
         self.push_frame(broadcast.encode_frame(
             {"type": "ack", "client_msg_id": message["client_msg_id"], "message": message}
         ))

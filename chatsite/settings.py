@@ -69,9 +69,10 @@ MIDDLEWARE = [
     # Outermost: the request id is bound to every log line below it, and the
     # metrics time everything (docs/OPERATIONS.md).
     "chatsite.logging.RequestIdMiddleware",
-    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "chatsite.metrics.PrometheusBeforeMiddleware",
     "chatsite.metrics.MetricsMiddleware",
     "chatsite.middleware.ApiErrorShapeMiddleware",
+    "chatsite.middleware.DatabaseUnavailableMiddleware",
     "chatsite.compression.CompressionMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -82,7 +83,7 @@ MIDDLEWARE = [
     "chatsite.profiling.ProfilingMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "chatsite.metrics.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -186,10 +187,15 @@ MESSAGE_MAX_LENGTH = env("MESSAGE_MAX_LENGTH", 10000, int)
 BROADCAST_MAX_BATCH = env("BROADCAST_MAX_BATCH", 10, int)
 BROADCAST_MAX_WAIT_MS = env("BROADCAST_MAX_WAIT_MS", 100, int)
 REPLAY_LIMIT = env("REPLAY_LIMIT", 500, int)
+# Pub/sub channels are shared by every database number of a Redis server: two
+# deployments (or test runs) on one Redis must not hear each other.
+BUS_PREFIX = env("BUS_PREFIX", f"chat:{DATABASES['default'].get('NAME', 'db')}")
 WS_MAX_FRAME_BYTES = env("WS_MAX_FRAME_BYTES", 65536, int)
 WS_SEND_QUEUE_FRAMES = env("WS_SEND_QUEUE_FRAMES", 256, int)
 WS_RATE_PER_SECOND = env("WS_RATE_PER_SECOND", 10.0, float)
 WS_RATE_BURST = env("WS_RATE_BURST", 30, int)
+# Threads per process for the sockets' database work (sends, replays, checks).
+WS_DB_THREADS = env("WS_DB_THREADS", 16, int)
 LOGIN_FAILURE_LIMIT = env("LOGIN_FAILURE_LIMIT", 5, int)
 
 # --- Performance knobs of the guide (used by later layers) ---------------------
@@ -210,11 +216,6 @@ METRICS_ADDRESS = env("METRICS_ADDRESS", "127.0.0.1")
 PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR")
 if PROMETHEUS_MULTIPROC_DIR:
     os.makedirs(PROMETHEUS_MULTIPROC_DIR, exist_ok=True)
-if not ENABLE_METRICS:
-    MIDDLEWARE = [name for name in MIDDLEWARE if not name.startswith("django_prometheus.")]
-elif CACHES["default"]["BACKEND"] == "django_redis.cache.RedisCache":
-    # django-prometheus's subclass counts gets, hits and misses (django_cache_*).
-    CACHES["default"]["BACKEND"] = "django_prometheus.cache.backends.redis.RedisCache"
 PROFILE_REQUESTS = env("PROFILE_REQUESTS", False, bool)
 PROFILE_THRESHOLD_MS = env("PROFILE_THRESHOLD_MS", 200, float)
 # JSON lines in production shape, readable lines on the embedded default.

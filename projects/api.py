@@ -1,4 +1,3 @@
-from typing import Optional
 
 from django.http import HttpResponse
 from ninja import Router, Schema
@@ -15,8 +14,8 @@ MAX_PER_PAGE = 100
 
 class ProjectIn(Schema):
     name: str
-    description: Optional[str] = ""
-    is_private: Optional[bool] = False
+    description: str | None = ""
+    is_private: bool | None = False
 
 
 class MemberIn(Schema):

@@ -4,9 +4,9 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
+from chatsite.cache import bump_version
 from projects.access import forget_access
 from projects.models import Membership, Project
-from chatsite.cache import bump_version
 
 
 @receiver(post_save, sender=Membership)

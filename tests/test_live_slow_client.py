@@ -12,7 +12,12 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.live import (
-    LiveServer, cookie_header, create_users_and_project, login, make_live_env, post_message,
+    LiveServer,
+    cookie_header,
+    create_users_and_project,
+    login,
+    make_live_env,
+    post_message,
 )
 
 pytestmark = [pytest.mark.live]

@@ -449,3 +449,26 @@ async def test_client_that_does_not_read_is_closed_4008_others_keep_receiving(
         assert out == {"type": "websocket.close", "code": 4008}
         await slow.disconnect()
         await fast.disconnect()
+
+
+async def test_sockets_joining_while_the_hub_starts_all_get_their_replay(member, owner, project):
+    await send_as(owner, project, 5)
+    sockets = await asyncio.gather(*(open_socket(member, project.pk, after=2) for _ in range(20)))
+    for comm in sockets:
+        assert comm.hello["seq"] == 5
+        _, messages = await collect_messages(comm, 3)
+        assert [m["seq"] for m in messages] == [3, 4, 5]
+    for comm in sockets:
+        await comm.disconnect()
+
+
+async def test_client_ahead_of_the_hub_gets_only_what_it_lacks(member, owner, project):
+    # The client read seq 1..3 through the API before the hub saw them.
+    with override_settings(BROADCAST_MAX_WAIT_MS=3000):
+        comm = await open_socket(member, project.pk, after=3)
+        assert comm.hello["seq"] == 0
+        await send_as(owner, project, 5)
+        _, messages = await collect_messages(comm, 2, timeout=5)
+        assert [m["seq"] for m in messages] == [4, 5]
+        assert await comm.receive_nothing(timeout=0.3)
+        await comm.disconnect()

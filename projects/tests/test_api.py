@@ -1,7 +1,6 @@
 """The projects API: listing with unread counts, create, join/leave, members, read."""
 
 import pytest
-from django.conf import settings
 from django.test import Client
 
 from chat.actions import do_delete_message

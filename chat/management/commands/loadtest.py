@@ -1,0 +1,463 @@
+"""Run the locust scenarios headless against a URL and print the targets of SPEC §8."""
+
+import importlib.util
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from http.cookiejar import CookieJar
+from pathlib import Path
+from urllib.parse import urlparse
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+ROOT = Path(__file__).resolve().parents[3]
+LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+DEFAULT_PASSWORD = "demo-pass-123"  # seed_demo's default
+SOCKET_INTERVAL = 5.0  # default: one socket message per socket user every 5 s
+
+# (label, key in the result's endpoints, p95 target in ms)
+LATENCY_TARGETS = [
+    ("Simple GET", "simple_get", 50),
+    ("Complex GET", "complex_get", 200),
+    ("POST", "post", 100),
+    ("WebSocket", "websocket", 50),
+]
+
+HELP = """Run the locust scenarios (loadtest/locustfile.py) headless against --url for
+--duration seconds and print the targets of SPEC §8 with measured values.
+
+The users must exist beforehand, all members of one project: e.g.
+  manage.py seed_demo --loadtest --users 500 --messages 1000
+creates load0..load499 (password demo-pass-123) in the project "Load".
+Every locust user signs in as <prefix><i> and, by default, holds an open socket
+on the project (see loadtest/README.md). Loopback URLs only, unless
+--allow-remote. Exit status: 0 when the run completed with nothing lost,
+duplicated or out of order; 1 otherwise, or with --strict when any target
+fails.
+"""
+
+
+def is_loopback(host):
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_ws_users(value, users):
+    """'all', a fraction with a dot (0.5) or a count (250) -> number of socket users."""
+    text = str(value).strip().lower()
+    try:
+        if text == "all":
+            return users
+        if "." in text or text.endswith("%"):
+            fraction = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+            if not 0 <= fraction <= 1:
+                raise ValueError
+            return round(users * fraction)
+        count = int(text)
+        if count < 0:
+            raise ValueError
+        return min(count, users)
+    except ValueError:
+        raise CommandError(
+            f"--ws-users must be 'all', a fraction like 0.5 or a count, not {value!r}."
+        ) from None
+
+
+def fmt_ms(value):
+    return f"{value:g} ms"
+
+
+def fmt_number(value):
+    return f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
+
+
+class Command(BaseCommand):
+    help = HELP
+
+    def add_arguments(self, parser):
+        parser.add_argument("--url", default="http://127.0.0.1:8000",
+                            help="base URL of the server (default http://127.0.0.1:8000)")
+        parser.add_argument("--users", type=int, default=500,
+                            help="concurrent locust users (default 500)")
+        parser.add_argument("--spawn-rate", type=float, default=None,
+                            help="users started per second (default users/10, at least 1)")
+        parser.add_argument("--duration", default="60",
+                            help="run time after the start, in seconds or locust's 1m30s form "
+                                 "(default 60)")
+        parser.add_argument("--ws-users", default="all",
+                            help="users holding an open socket: 'all' (default), a fraction "
+                                 "like 0.5, or a count; the others are HTTP-only")
+        parser.add_argument("--message-rate", type=float, default=None,
+                            help="messages per second sent over sockets, all socket users "
+                                 f"together (default one per socket user every "
+                                 f"{SOCKET_INTERVAL:g} s; 0 sends none). HTTP users also "
+                                 "POST messages (1 task in 6).")
+        parser.add_argument("--think-time", default="0.25,0.75",
+                            help="MIN,MAX seconds between one user's HTTP tasks "
+                                 "(default 0.25,0.75: about 2 requests/s per user)")
+        parser.add_argument("--users-prefix", default="load",
+                            help="usernames are <prefix>0, <prefix>1, ... (default 'load')")
+        parser.add_argument("--first-index", type=int, default=0,
+                            help="number of the first account (default 0)")
+        parser.add_argument("--accounts", type=int, default=None,
+                            help="how many accounts exist; locust users wrap around "
+                                 "(default: --users)")
+        parser.add_argument("--password", default=DEFAULT_PASSWORD,
+                            help=f"the users' password (default {DEFAULT_PASSWORD!r}, "
+                                 "seed_demo's)")
+        parser.add_argument("--project-id", type=int, default=None,
+                            help="project to talk in (default: the first user's project "
+                                 "named 'Load', else its first project)")
+        parser.add_argument("--csv", metavar="PREFIX", default=None,
+                            help="write locust's CSV statistics with this prefix")
+        parser.add_argument("--html", metavar="FILE", default=None,
+                            help="write locust's HTML report")
+        parser.add_argument("--json", metavar="FILE", default=None,
+                            help="write the full result (counters, percentiles) as JSON")
+        parser.add_argument("--drain", type=float, default=10.0,
+                            help="at the end, wait for in-flight deliveries until none "
+                                 "progressed for this many seconds (default 10)")
+        parser.add_argument("--drain-max", type=float, default=120.0,
+                            help="... and at most this many seconds in all (default 120)")
+        parser.add_argument("--allow-remote", action="store_true",
+                            help="allow a URL that is not on loopback")
+        parser.add_argument("--strict", action="store_true",
+                            help="exit 1 when any target fails")
+        parser.add_argument("--quiet-locust", action="store_true",
+                            help="do not show locust's own output")
+
+    # -- checks --------------------------------------------------------------
+    def check_options(self, options):
+        url = options["url"].rstrip("/")
+        parts = urlparse(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CommandError(f"--url must be an http(s) URL like http://127.0.0.1:8000, "
+                               f"not {options['url']!r}.")
+        if not options["allow_remote"] and not is_loopback(parts.hostname):
+            raise CommandError(
+                f"Refusing to load-test {parts.hostname!r}: it is not a loopback address. "
+                "Load tests are for your own machine; pass --allow-remote to run against "
+                "a server you operate elsewhere."
+            )
+        if options["users"] < 1:
+            raise CommandError("--users must be at least 1.")
+        try:
+            duration = self.parse_duration(options["duration"])
+        except ValueError:
+            raise CommandError(f"--duration {options['duration']!r}: give seconds or "
+                               "locust's form like 1m30s.") from None
+        if duration <= 0:
+            raise CommandError("--duration must be positive.")
+        spawn_rate = options["spawn_rate"] or max(1.0, options["users"] / 10)
+        if spawn_rate <= 0:
+            raise CommandError("--spawn-rate must be positive.")
+        try:
+            low, high = (float(x) for x in options["think_time"].split(","))
+            if not 0 <= low <= high:
+                raise ValueError
+        except ValueError:
+            raise CommandError("--think-time is MIN,MAX seconds, e.g. 0.25,0.75.") from None
+        ws_users = parse_ws_users(options["ws_users"], options["users"])
+        rate = options["message_rate"]
+        if rate is None:
+            rate = ws_users / SOCKET_INTERVAL
+        if rate < 0:
+            raise CommandError("--message-rate must not be negative.")
+        interval = 0.0
+        if rate > 0 and ws_users:
+            per_socket = rate / ws_users
+            limit = float(settings.WS_RATE_PER_SECOND)
+            if per_socket > 0.8 * limit:
+                raise CommandError(
+                    f"--message-rate {rate:g}/s over {ws_users} sockets is {per_socket:.2f}/s "
+                    f"per socket; keep it under 80% of the server's per-connection limit "
+                    f"WS_RATE_PER_SECOND={limit:g}: add socket users or lower the rate."
+                )
+            interval = 1.0 / per_socket
+        elif rate > 0 and not ws_users:
+            raise CommandError("--message-rate needs socket users (--ws-users).")
+        if importlib.util.find_spec("locust") is None:
+            raise CommandError("locust is not installed: pip install -r requirements-dev.txt")
+        return url, duration, spawn_rate, ws_users, rate, interval
+
+    @staticmethod
+    def parse_duration(text):
+        text = str(text).strip().lower()
+        if text.replace(".", "", 1).isdigit():
+            return float(text)
+        total, number = 0.0, ""
+        units = {"h": 3600, "m": 60, "s": 1}
+        for char in text:
+            if char.isdigit() or char == ".":
+                number += char
+            elif char in units and number:
+                total += float(number) * units[char]
+                number = ""
+            else:
+                raise ValueError(text)
+        if number:
+            raise ValueError(text)
+        return total
+
+    def preflight(self, url, username, password, project_id):
+        """Sign in as the first user; return the project id to use (fail early and clearly)."""
+        jar = CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+
+        def call(method, path, body=None, headers=None):
+            data = json.dumps(body).encode() if body is not None else None
+            request = urllib.request.Request(url + path, data=data, method=method,
+                                             headers={"Content-Type": "application/json",
+                                                      **(headers or {})})
+            try:
+                with opener.open(request, timeout=15) as response:
+                    return response.status, json.loads(response.read() or b"null")
+            except urllib.error.HTTPError as error:
+                return error.code, error.read()[:300].decode("utf-8", "replace")
+
+        try:
+            status, body = call("GET", "/api/auth/csrf")
+        except OSError as error:
+            raise CommandError(f"Cannot reach {url}: {error}. Is the server running?") from None
+        if status != 200:
+            raise CommandError(f"GET {url}/api/auth/csrf answered HTTP {status}: {body}")
+        status, body = call("POST", "/api/auth/login",
+                            {"username": username, "password": password},
+                            {"X-CSRFToken": body["csrf_token"], "Referer": url + "/"})
+        if status != 200:
+            raise CommandError(
+                f"Cannot sign in as {username!r} at {url} (HTTP {status}: {body}). Create the "
+                "load test users first, e.g. manage.py seed_demo --loadtest --users N, or give "
+                "--users-prefix/--password of existing users."
+            )
+        if project_id is not None:
+            status, body = call("GET", f"/api/projects/{project_id}")
+            if status != 200:
+                raise CommandError(f"{username!r} cannot open project {project_id}: "
+                                   f"HTTP {status}: {body}")
+            return project_id
+        status, body = call("GET", "/api/projects?per_page=100")
+        items = body.get("items", []) if status == 200 and isinstance(body, dict) else []
+        named = [p for p in items if p["name"] == "Load"]
+        chosen = (named or items or [None])[0]
+        if chosen is None:
+            raise CommandError(f"{username!r} is in no project; give --project-id or create "
+                               "the users with manage.py seed_demo --loadtest.")
+        return chosen["id"]
+
+    # -- run -----------------------------------------------------------------
+    def handle(self, *args, **options):
+        url, duration, spawn_rate, ws_users, rate, interval = self.check_options(options)
+        users = options["users"]
+        prefix, password = options["users_prefix"], options["password"]
+        first = options["first_index"]
+        project_id = self.preflight(url, f"{prefix}{first}", password, options["project_id"])
+
+        if ws_users == users:
+            classes = ["SocketChatUser"]
+        elif ws_users == 0:
+            classes = ["ChatUser"]
+        else:
+            classes = ["SocketChatUser", "ChatUser"]
+        result_file = options["json"] or os.path.join(
+            tempfile.mkdtemp(prefix="loadtest-"), "result.json")
+        env = dict(os.environ)
+        env.update({
+            "LOADTEST_USERS_PREFIX": prefix,
+            "LOADTEST_PASSWORD": password,
+            "LOADTEST_ACCOUNTS": str(options["accounts"] or users),
+            "LOADTEST_FIRST_INDEX": str(first),
+            "LOADTEST_PROJECT_ID": str(project_id),
+            "LOADTEST_MESSAGE_INTERVAL": f"{interval:.6f}",
+            "LOADTEST_WAIT": options["think_time"],
+            "LOADTEST_DRAIN_SECONDS": str(options["drain"]),
+            "LOADTEST_DRAIN_MAX_SECONDS": str(options["drain_max"]),
+            "LOADTEST_RESULT_FILE": result_file,
+            "LOADTEST_RUN_ID": uuid.uuid4().hex[:12],
+        })
+        if 0 < ws_users < users:
+            env["LOADTEST_WS_USERS"] = str(ws_users)
+        else:
+            env.pop("LOADTEST_WS_USERS", None)
+        if os.path.exists(result_file):
+            os.unlink(result_file)
+        cmd = [
+            sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+            "-u", str(users), "-r", f"{spawn_rate:g}", "-t", f"{duration:g}s",
+            "--host", url, "--only-summary", "--exit-code-on-error", "0",
+            *classes,
+        ]
+        if options["csv"]:
+            cmd += ["--csv", options["csv"]]
+        if options["html"]:
+            cmd += ["--html", options["html"]]
+        self.stdout.write(
+            f"Load test: {users} users ({ws_users} with a socket) on {url}, project "
+            f"{project_id}, spawn {spawn_rate:g}/s, {duration:g} s, socket messages "
+            f"{rate:g}/s" + (f" (one per socket every {interval:.2f} s)" if interval else "")
+        )
+        self.stdout.flush()
+        budget = duration + users / spawn_rate + options["drain_max"] + 90
+        returncode = self.run_locust(cmd, env, budget, options["quiet_locust"])
+        try:
+            with open(result_file) as f:
+                result = json.load(f)
+        except (OSError, ValueError):
+            raise CommandError(
+                f"locust exited with {returncode} and wrote no result; see its output above."
+            ) from None
+        failed = self.report(result)
+        summary = result["summary"]
+        correctness = summary["lost"] + summary["duplicated"] + summary["out_of_order"]
+        if correctness:
+            raise CommandError(
+                f"{summary['lost']} lost, {summary['duplicated']} duplicated, "
+                f"{summary['out_of_order']} out-of-order messages."
+            )
+        if options["strict"] and failed:
+            raise CommandError(f"targets failed: {', '.join(failed)}")
+
+    def run_locust(self, cmd, env, budget, quiet):
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, bufsize=1, start_new_session=True,
+        )
+
+        def copy_output():
+            for line in proc.stdout:
+                if not quiet:
+                    self.stdout.write(line.rstrip("\n"))
+                    self.stdout.flush()
+
+        reader = threading.Thread(target=copy_output, daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=budget)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            pass
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+            raise CommandError(f"locust did not finish within {budget:.0f} s; stopped it.")
+        reader.join(10)
+        return proc.returncode
+
+    # -- report --------------------------------------------------------------
+    def report(self, result):
+        summary, endpoints = result["summary"], result["endpoints"]
+        failed = []
+
+        def status(ok, label):
+            if not ok:
+                failed.append(label)
+            return "PASS" if ok else "FAIL"
+
+        rows = []
+        for label, key, target in LATENCY_TARGETS:
+            entry = endpoints.get(key) or {}
+            if entry.get("count"):
+                p95 = entry["p95_ms"]
+                rows.append((label, f"< {target} ms", fmt_ms(p95), status(p95 < target, label)))
+            else:
+                rows.append((label, f"< {target} ms", "no samples", status(False, label)))
+        self.table(("Endpoint type", "Target (p95)", "Measured", "Status"), rows)
+
+        rps = summary["requests_per_second"]
+        open_sockets, peak = summary["sockets_open_at_stop"], summary["sockets_peak"]
+        mps = summary["messages_per_second"]
+        rows = [
+            ("Requests/sec", "> 1000",
+             fmt_number(rps) if summary["http_requests_in_window"] else "no samples",
+             status(summary["http_requests_in_window"] > 0 and rps > 1000, "Requests/sec")),
+            ("Concurrent users", "> 500", f"{open_sockets:,} (peak {peak:,})",
+             status(open_sockets > 500, "Concurrent users")),
+            ("Messages/sec", "> 100",
+             fmt_number(mps) if summary["messages_delivered"] else "no samples",
+             status(summary["messages_delivered"] > 0 and mps > 100, "Messages/sec")),
+            ("Lost messages", "0", fmt_number(summary["lost"]),
+             status(summary["lost"] == 0, "Lost messages")),
+            ("Duplicated messages", "0", fmt_number(summary["duplicated"]),
+             status(summary["duplicated"] == 0, "Duplicated messages")),
+            ("Out-of-order messages", "0", fmt_number(summary["out_of_order"]),
+             status(summary["out_of_order"] == 0, "Out-of-order messages")),
+        ]
+        self.stdout.write("")
+        self.table(("Metric", "Target", "Measured", "Status"), rows)
+
+        counts = ", ".join(f"{label} {endpoints[key].get('count', 0):,}"
+                           for label, key, _ in LATENCY_TARGETS)
+        self.stdout.write("")
+        self.stdout.write(
+            f"Measured over {summary['window_seconds']:.1f} s with all users running "
+            f"(rates), latencies over the whole run. Samples: {counts}."
+        )
+        self.stdout.write(
+            f"Messages: {summary['messages_sent']:,} sent ({summary['http_sent']:,} over HTTP, "
+            f"{summary['ws_sent']:,} over sockets, {summary['ws_acked']:,} acknowledged), "
+            f"{summary['messages_delivered']:,} delivered, {summary['deliveries']:,} deliveries "
+            f"({summary['deliveries_per_second']:,.1f}/s)."
+        )
+        self.stdout.write(
+            f"Sockets: {summary['socket_connects']:,} connects, "
+            f"{summary['socket_connect_failures']:,} failed, "
+            f"{summary['socket_disconnects']:,} dropped by the server "
+            f"({summary['slow_client_closes']:,} as slow readers, close codes "
+            f"{summary['close_codes'] or '{}'}), {summary['socket_reconnects']:,} reconnected, "
+            f"{summary['sockets_behind_at_end']:,} still behind after the "
+            f"{summary['drain_seconds']:.1f} s drain."
+        )
+        problems = []
+        if summary["total_failures"]:
+            problems.append(f"{summary['total_failures']:,} failed requests: "
+                            + "; ".join(f"{n}x {e}" for e, n in result["errors"].items()))
+        if summary["send_errors"]:
+            problems.append(f"socket send errors {summary['send_errors']}")
+        if summary["login_failures"]:
+            problems.append(f"{summary['login_failures']} sign-in failures")
+        if summary["resyncs"]:
+            problems.append(f"{summary['resyncs']} resync_required (gap over the replay limit)")
+        if summary.get("hello_seq_zero"):
+            problems.append(f"{summary['hello_seq_zero']} hello frames with seq 0 "
+                            "(the project's number is never 0 once it has messages)")
+        if summary.get("duplicated_at_join"):
+            problems.append(f"{summary['duplicated_at_join']} of the duplicates were at or "
+                            "below the socket's after= when it (re)connected")
+        if summary.get("http_post_retries"):
+            problems.append(f"{summary['http_post_retries']} POSTs retried after no answer "
+                            "(same client_msg_id)")
+        if summary.get("ws_unacked"):
+            problems.append(f"{summary['ws_unacked']} socket sends never acknowledged "
+                            "(server backlog at the end, or a dropped socket)")
+        if problems:
+            self.stdout.write(self.style.WARNING("Problems: " + " | ".join(problems)))
+        return failed
+
+    def table(self, header, rows):
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+        def line(cells):
+            return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
+        self.stdout.write(line(header))
+        self.stdout.write("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        for row in rows:
+            self.stdout.write(line(row))

@@ -1,0 +1,665 @@
+"""Locust scenarios for the chat (SPEC §7 `loadtest`, §8 targets).
+
+Two user classes; `manage.py loadtest` picks them (see loadtest/README.md):
+
+* ``ChatUser`` -- the performance guide's HTTP user on ``FastHttpUser``: signs
+  in (GET /api/auth/csrf, POST /api/auth/login with X-CSRFToken and Referer),
+  then runs weighted tasks: history page (3, "complex GET: history"), project
+  list (2, "simple GET: projects"), send a message (1, "POST: message").
+* ``SocketChatUser`` -- a ``ChatUser`` that also holds an open socket on the
+  project for its whole life, opened like the project page does: read the
+  project's number, then /ws/projects/{id}/?after=<number>. A reader greenlet
+  times every message it is delivered and checks the change numbers
+  (reconnecting with after=<last> if dropped, reading the API after a
+  ``resync_required``); a sender greenlet sends ``message.send`` over the
+  socket every LOADTEST_MESSAGE_INTERVAL seconds.
+
+Every message the test sends (over HTTP or the socket) has as content a small
+JSON object with the sender's wall-clock send time, so every receiver times
+every message: each receipt is reported to locust's statistics as request type
+"WS", name "WebSocket delivery", response time = send-to-receive in ms.
+Receivers follow the project's ``changed_seq``: a number skipped and never
+delivered is lost, a number delivered twice is duplicated, a number that
+arrives after a higher one is out of order. When the test stops, sending stops
+and every open socket must receive everything up to the highest number any
+client saw (the drain waits while deliveries progress); what it has not by then
+is lost too. The counters are printed (``LOADTEST_RESULT {...}``) and written as
+JSON to LOADTEST_RESULT_FILE.
+
+Users are created beforehand (``manage.py seed_demo --loadtest --users N``
+creates load0..load{N-1}); the i-th locust user signs in as
+``<LOADTEST_USERS_PREFIX><i mod LOADTEST_ACCOUNTS>``.
+
+Environment (all optional):
+  LOADTEST_USERS_PREFIX   username prefix (default "load")
+  LOADTEST_PASSWORD       their password (default "demo-pass-123", seed_demo's)
+  LOADTEST_ACCOUNTS       how many accounts exist; names wrap around (0: no wrap)
+  LOADTEST_FIRST_INDEX    number of the first account (default 0)
+  LOADTEST_PROJECT_ID     project to use; else the first user picks the project
+                          named LOADTEST_PROJECT_NAME (default "Load") from
+                          GET /api/projects, or the first one listed
+  LOADTEST_MESSAGE_INTERVAL  seconds between socket sends per socket user
+                          (default 5; 0 disables socket sends)
+  LOADTEST_WAIT           think time "MIN,MAX" seconds between HTTP tasks
+                          (default "0.25,0.75": about 2 requests/s per user)
+  LOADTEST_WS_USERS       fixed number of SocketChatUser when both classes run
+  LOADTEST_DRAIN_SECONDS  at the end, wait for in-flight deliveries until none
+                          progressed for this long (default 10) ...
+  LOADTEST_DRAIN_MAX_SECONDS  ... or this long in all (default 120)
+  LOADTEST_RESULT_FILE    write the final counters here as JSON
+"""
+
+import itertools
+import json
+import logging
+import os
+import random
+import struct
+import time
+import uuid
+from urllib.parse import urlparse
+
+import gevent
+import orjson
+import websocket  # websocket-client: blocking sockets, cooperative under gevent
+from gevent.lock import Semaphore
+from locust import FastHttpUser, between, events, task
+from locust.exception import StopUser
+
+logger = logging.getLogger("loadtest")
+
+PREFIX = os.environ.get("LOADTEST_USERS_PREFIX", "load")
+PASSWORD = os.environ.get("LOADTEST_PASSWORD", "demo-pass-123")
+ACCOUNTS = int(os.environ.get("LOADTEST_ACCOUNTS", "0") or 0)
+FIRST_INDEX = int(os.environ.get("LOADTEST_FIRST_INDEX", "0") or 0)
+PROJECT_NAME = os.environ.get("LOADTEST_PROJECT_NAME", "Load")
+MESSAGE_INTERVAL = float(os.environ.get("LOADTEST_MESSAGE_INTERVAL", "5") or 0)
+DRAIN_SECONDS = float(os.environ.get("LOADTEST_DRAIN_SECONDS", "10") or 0)
+DRAIN_MAX_SECONDS = float(os.environ.get("LOADTEST_DRAIN_MAX_SECONDS", "120") or 0)
+RESULT_FILE = os.environ.get("LOADTEST_RESULT_FILE", "")
+WAIT_MIN, WAIT_MAX = (float(x) for x in os.environ.get("LOADTEST_WAIT", "0.25,0.75").split(","))
+RUN_ID = os.environ.get("LOADTEST_RUN_ID") or uuid.uuid4().hex[:12]
+
+DELIVERY = "WebSocket delivery"
+HISTORY = "complex GET: history"
+PROJECTS = "simple GET: projects"
+POST_MESSAGE = "POST: message"
+
+
+class Run:
+    """Process-wide state of one test run: the counters that end up in the result."""
+
+    def __init__(self):
+        self.user_numbers = itertools.count()
+        self.project_id = int(os.environ["LOADTEST_PROJECT_ID"]) if os.environ.get(
+            "LOADTEST_PROJECT_ID") else None
+        self.project_lock = Semaphore()
+        self.sending = True  # cleared when the test stops: no new messages
+        self.sockets = set()  # open ProjectSocket objects
+        self.all_sockets = []  # every ProjectSocket of the run
+        self.sockets_peak = 0
+        self.sockets_at_stop = 0
+        self.max_seq = 0  # highest change number known (acks, POST answers, deliveries)
+        self.delivered = {}  # changed_seq -> send time, for this run's messages
+        self.posts_in_flight = 0
+        self.http_requests = 0  # HTTP requests (not "WS") seen by the request hook
+        self.counts = dict.fromkeys((
+            "login_failures", "socket_connects", "socket_connect_failures",
+            "socket_disconnects", "socket_reconnects", "slow_client_closes",
+            "ws_sent", "ws_acked", "http_sent", "deliveries", "foreign_messages",
+            "duplicated", "out_of_order", "lost_gaps", "lost_tail", "resyncs",
+            "sockets_behind_at_end", "hello_seq_zero", "sockets_closed_before_stop",
+            "duplicated_at_join", "ws_unacked", "resync_failures", "caught_up_over_http",
+            "http_post_retries",
+        ), 0)
+        self.send_errors = {}
+        self.close_codes = {}
+        self.started_at = None  # test_start
+        self.steady_at = None  # spawning_complete
+        self.steady_requests = 0
+        self.stopped_at = None  # test_stopping
+        self.window_requests = 0
+        self.drained = False
+        self.drain_seconds = 0.0
+
+    def bump(self, name, n=1):
+        self.counts[name] += n
+
+    def saw_seq(self, seq):
+        self.max_seq = max(self.max_seq, seq)
+
+
+RUN = Run()
+
+
+def describe(response):
+    """A failed response in one line (status 0: no answer, e.g. a connection error)."""
+    if not response.status_code:
+        return f"no response: {response.error!r}"[:200]
+    return f"HTTP {response.status_code}: {(response.text or '')[:200]}"
+
+
+def make_content(via):
+    return orjson.dumps({"lt": RUN_ID, "t": time.time(), "via": via}).decode()
+
+
+def sent_at(content):
+    """The send time of one of this run's messages, else None."""
+    if not content or content[0] != "{":
+        return None
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(data, dict) and data.get("lt") == RUN_ID and isinstance(data.get("t"), float):
+        return data["t"]
+    return None
+
+
+class ProjectSocket:
+    """One client socket on a project; tracks delivery by changed_seq."""
+
+    def __init__(self, user, project_id, after=None):
+        self.user = user
+        self.project_id = project_id
+        self.ws = None
+        self.last = after  # highest changed_seq received (or the first `after`)
+        self.joined_after = after or 0  # `after` of the current connection
+        self.hello_seq = 0
+        self.missing = set()  # numbers skipped and not (yet) delivered
+        self.reader = None
+        self.sender = None
+        self.closing = False
+        self.pending = {}  # client_msg_id -> perf_counter at send
+        RUN.all_sockets.append(self)
+
+    # -- connection --
+    def _url(self, after):
+        base = urlparse(self.user.host)
+        scheme = "wss" if base.scheme == "https" else "ws"
+        url = f"{scheme}://{base.netloc}/ws/projects/{self.project_id}/"
+        return url + (f"?after={after}" if after is not None else "")
+
+    def connect(self):
+        after = self.last
+        started = time.perf_counter()
+        try:
+            ws = websocket.create_connection(
+                self._url(after), timeout=30, origin=self.user.origin,
+                cookie=self.user.cookie_header(), enable_multithread=True,
+                # orjson checks the UTF-8 in C; websocket-client's own check is pure
+                # Python, about 0.5 ms per 3 KB frame, and would make the load
+                # generator, not the server, the bottleneck.
+                skip_utf8_validation=True,
+            )
+            opcode, data = ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
+                raise ConnectionError(f"socket refused with close code {code}")
+            hello = orjson.loads(data)
+            if hello.get("type") != "hello":
+                raise ConnectionError(f"expected hello, got {hello.get('type')!r}")
+            ws.settimeout(None)
+        except Exception as error:  # noqa: BLE001 - reported to locust
+            RUN.bump("socket_connect_failures")
+            events.request.fire(
+                request_type="WS", name="WebSocket connect",
+                response_time=(time.perf_counter() - started) * 1000, response_length=0,
+                exception=error, context={},
+            )
+            return False
+        events.request.fire(
+            request_type="WS", name="WebSocket connect",
+            response_time=(time.perf_counter() - started) * 1000, response_length=len(data),
+            exception=None, context={},
+        )
+        RUN.bump("socket_connects")
+        if hello["seq"] == 0 and max(after or 0, RUN.max_seq) > 0:
+            # The project's number never goes back: a hello of 0 is wrong (SPEC §5).
+            RUN.bump("hello_seq_zero")
+            logger.warning("hello with seq 0 for %s (after=%s, known seq %s)",
+                           self.user.username, after, RUN.max_seq)
+        if self.last is None:
+            self.last = hello["seq"]
+        self.hello_seq = hello["seq"]
+        RUN.saw_seq(hello["seq"])
+        self.ws = ws
+        self.joined_after = self.last
+        RUN.sockets.add(self)
+        if RUN.stopped_at is None:
+            RUN.sockets_peak = max(RUN.sockets_peak, len(RUN.sockets))
+        return True
+
+    def start(self):
+        """Connect (retrying in the background if that fails) and start reading and sending."""
+        connected = self.connect()
+        self.reader = gevent.spawn(self.read_loop, connected)
+        if MESSAGE_INTERVAL > 0:
+            self.sender = gevent.spawn(self.send_loop)
+
+    def close(self):
+        if RUN.stopped_at is None and self in RUN.sockets:
+            RUN.bump("sockets_closed_before_stop")
+        self.closing = True
+        if self.sender is not None:
+            self.sender.kill(block=False)
+        RUN.sockets.discard(self)
+        if self.ws is not None:
+            try:
+                self.ws.close(timeout=1)
+            except Exception as error:  # noqa: BLE001 - closing anyway
+                logger.debug("closing a socket: %s", error)
+        if self.reader is not None:
+            self.reader.kill(block=False)
+
+    # -- receiving --
+    def read_loop(self, connected=True):
+        if not connected and not self.reconnect():
+            return
+        while not self.closing:
+            try:
+                opcode, data = self.ws.recv_data(control_frame=True)
+            except Exception:  # noqa: BLE001 - connection gone
+                opcode, data = websocket.ABNF.OPCODE_CLOSE, b""
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                if self.closing:
+                    return
+                code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1006
+                self.on_lost_connection(code)
+                if not self.reconnect():
+                    return
+                continue
+            if opcode != websocket.ABNF.OPCODE_TEXT:
+                continue
+            self.on_frame(orjson.loads(data), time.time())
+
+    def on_lost_connection(self, code):
+        RUN.sockets.discard(self)
+        RUN.bump("socket_disconnects")
+        RUN.bump("ws_unacked", len(self.pending))  # may or may not have been taken
+        self.pending.clear()
+        RUN.close_codes[str(code)] = RUN.close_codes.get(str(code), 0) + 1
+        if code == 4008:
+            RUN.bump("slow_client_closes")
+        logger.warning("socket of %s closed by the server (code %s); reconnecting with after=%s",
+                       self.user.username, code, self.last)
+
+    def reconnect(self):
+        for attempt in range(5):
+            if self.closing:
+                return False
+            gevent.sleep(0.2 * (attempt + 1))
+            if self.connect():
+                RUN.bump("socket_reconnects")
+                return True
+        return False
+
+    def on_frame(self, frame, now):
+        kind = frame.get("type")
+        if kind == "message_batch":
+            for message in frame["messages"]:
+                self.on_message(message, now)
+        elif kind == "ack":
+            started = self.pending.pop(frame.get("client_msg_id"), None)
+            RUN.bump("ws_acked")
+            RUN.saw_seq(frame["message"]["changed_seq"])
+            if started is not None:
+                events.request.fire(
+                    request_type="WS", name="WebSocket send (ack)",
+                    response_time=(time.perf_counter() - started) * 1000, response_length=0,
+                    exception=None, context={},
+                )
+        elif kind == "error":
+            # Error frames name no client_msg_id; the server answers frames in order.
+            if self.pending:
+                self.pending.pop(next(iter(self.pending)))
+            code = frame.get("code", "?")
+            RUN.send_errors[code] = RUN.send_errors.get(code, 0) + 1
+            events.request.fire(
+                request_type="WS", name="WebSocket send (ack)", response_time=0,
+                response_length=0, exception=RuntimeError(f"error frame: {code}"), context={},
+            )
+        elif kind == "resync_required":
+            # More was missed than the server replays: like a real client, read
+            # the missed changes (last, hello's seq] from the API; live frames
+            # after hello's seq follow on the socket.
+            RUN.bump("resyncs")
+            self.catch_up(self.hello_seq)
+
+    def catch_up(self, upto):
+        after = self.last or 0
+        while after < upto:
+            with self.user.client.get(
+                f"/api/projects/{self.project_id}/messages?after={after}&limit=200",
+                name="resync: catch up", catch_response=True,
+            ) as r:
+                if r.status_code != 200:
+                    r.failure(describe(r))
+                    RUN.bump("resync_failures")
+                    return
+                page = r.json()
+            items = [m for m in page["items"] if m["changed_seq"] <= upto]
+            for message in items:
+                self.on_message(message, None)
+            if not page["has_more"] or not items or items[-1]["changed_seq"] >= upto:
+                return
+            after = items[-1]["changed_seq"]
+
+    def on_message(self, message, now):
+        seq = message["changed_seq"]
+        RUN.saw_seq(seq)
+        if self.last is None:
+            self.last = seq
+        elif seq > self.last:
+            if seq > self.last + 1:
+                self.missing.update(range(self.last + 1, seq))
+            self.last = seq
+        elif seq in self.missing:
+            self.missing.discard(seq)
+            RUN.bump("out_of_order")
+        else:
+            RUN.bump("duplicated")
+            if seq <= self.joined_after:
+                # Already had it when (re)connecting with after=joined_after.
+                RUN.bump("duplicated_at_join")
+            return
+        sent = sent_at(message.get("content"))
+        if sent is None:
+            RUN.bump("foreign_messages")
+            return
+        if now is None:  # read over HTTP after a resync: not a socket delivery
+            RUN.bump("caught_up_over_http")
+            return
+        RUN.bump("deliveries")
+        RUN.delivered.setdefault(seq, sent)
+        events.request.fire(
+            request_type="WS", name=DELIVERY, response_time=max(0.0, (now - sent) * 1000),
+            response_length=0, exception=None, context={},
+        )
+
+    # -- sending --
+    def send_loop(self):
+        gevent.sleep(random.uniform(0, MESSAGE_INTERVAL))  # spread the senders out
+        while not self.closing and RUN.sending:
+            if self not in RUN.sockets:  # not connected right now
+                gevent.sleep(MESSAGE_INTERVAL)
+                continue
+            client_msg_id = str(uuid.uuid4())
+            frame = orjson.dumps({
+                "type": "message.send", "content": make_content("ws"),
+                "client_msg_id": client_msg_id,
+            }).decode()
+            try:
+                self.pending[client_msg_id] = time.perf_counter()
+                self.ws.send(frame)
+                RUN.bump("ws_sent")
+            except Exception:  # noqa: BLE001 - the reader reconnects
+                self.pending.pop(client_msg_id, None)
+            gevent.sleep(MESSAGE_INTERVAL)
+
+
+class ChatUser(FastHttpUser):
+    """The guide's HTTP user: history, project list and sends, weighted 3:2:1."""
+
+    wait_time = between(WAIT_MIN, WAIT_MAX)
+    username = ""
+
+    def on_start(self):
+        number = next(RUN.user_numbers)
+        index = FIRST_INDEX + (number % ACCOUNTS if ACCOUNTS > 0 else number)
+        self.username = f"{PREFIX}{index}"
+        base = urlparse(self.host)
+        self.origin = f"{base.scheme}://{base.netloc}"
+        self.login()
+        self.project_id = self.discover_project()
+
+    def login(self):
+        with self.client.get("/api/auth/csrf", name="auth: csrf", catch_response=True) as r:
+            if r.status_code != 200:
+                r.failure(f"csrf: {describe(r)}")
+                RUN.bump("login_failures")
+                raise StopUser()
+            token = r.json()["csrf_token"]
+        with self.client.post(
+            "/api/auth/login", json={"username": self.username, "password": PASSWORD},
+            headers={"X-CSRFToken": token, "Referer": self.origin + "/"},
+            name="auth: login", catch_response=True,
+        ) as r:
+            if r.status_code != 200:
+                r.failure(f"login as {self.username}: {describe(r)}")
+                RUN.bump("login_failures")
+                raise StopUser()
+        # Signing in rotates the CSRF token; the new one is in the cookie.
+        self.csrf = self.cookie("csrftoken") or token
+
+    def cookie(self, name):
+        for c in self.client.cookiejar:
+            if c.name == name:
+                return c.value
+        return None
+
+    def cookie_header(self):
+        return "; ".join(f"{c.name}={c.value}" for c in self.client.cookiejar)
+
+    def discover_project(self):
+        if RUN.project_id is not None:
+            return RUN.project_id
+        with RUN.project_lock:
+            if RUN.project_id is None:
+                r = self.client.get("/api/projects?per_page=100", name="setup: projects")
+                items = r.json()["items"] if r.status_code == 200 else []
+                named = [p for p in items if p["name"] == PROJECT_NAME]
+                chosen = (named or items or [None])[0]
+                if chosen is None:
+                    logger.error("%s is in no project; create the load test users first",
+                                 self.username)
+                    raise StopUser()
+                RUN.project_id = chosen["id"]
+        return RUN.project_id
+
+    @task(3)
+    def history(self):
+        self.client.get(f"/api/projects/{self.project_id}/messages?limit=50", name=HISTORY)
+
+    @task(2)
+    def projects(self):
+        self.client.get("/api/projects", name=PROJECTS)
+
+    @task(1)
+    def send_message(self):
+        if not RUN.sending:
+            return
+        RUN.posts_in_flight += 1
+        body = {"project_id": self.project_id, "content": make_content("http"),
+                "client_msg_id": str(uuid.uuid4())}
+        try:
+            for attempt in range(2):
+                with self.client.post(
+                    "/api/messages", json=body,
+                    headers={"X-CSRFToken": self.csrf, "Referer": self.origin + "/"},
+                    name=POST_MESSAGE, catch_response=True,
+                ) as r:
+                    # 201 created; 200 on a retry: the first attempt had been taken.
+                    if r.status_code == 201 or (attempt and r.status_code == 200):
+                        RUN.bump("http_sent")
+                        RUN.saw_seq(r.json()["changed_seq"])
+                        return
+                    r.failure(describe(r))
+                    if r.status_code:
+                        return
+                # No answer (e.g. the server closed the kept-alive connection as
+                # the request went out): retry once with the same client_msg_id,
+                # as a client may, since a repeated id creates nothing new.
+                RUN.bump("http_post_retries")
+        finally:
+            RUN.posts_in_flight -= 1
+
+
+class SocketChatUser(ChatUser):
+    """A ChatUser holding an open project socket that also sends over it."""
+
+    socket = None
+
+    def on_start(self):
+        super().on_start()
+        if RUN.stopped_at is not None:
+            return  # the test ended while this user was signing in
+        # Like the project page: know where the project is, then open the socket
+        # with after=<that number>, so the server replays anything sent meanwhile.
+        with self.client.get(f"/api/projects/{self.project_id}", name="setup: project",
+                             catch_response=True) as r:
+            if r.status_code != 200:
+                r.failure(describe(r))
+                raise StopUser()
+            after = r.json()["seq"]
+        RUN.saw_seq(after)
+        self.socket = ProjectSocket(self, self.project_id, after)
+        self.socket.start()
+
+    def on_stop(self):
+        if self.socket is not None:
+            self.socket.close()
+
+
+if os.environ.get("LOADTEST_WS_USERS"):
+    SocketChatUser.fixed_count = int(os.environ["LOADTEST_WS_USERS"])
+
+
+# -- run bookkeeping ---------------------------------------------------------
+
+
+@events.request.add_listener
+def _count_http(request_type, **kwargs):
+    if request_type != "WS":
+        RUN.http_requests += 1
+
+
+@events.test_start.add_listener
+def _on_test_start(environment, **kwargs):
+    RUN.started_at = time.time()
+
+
+@events.spawning_complete.add_listener
+def _on_spawned(user_count, **kwargs):
+    if RUN.steady_at is None:
+        RUN.steady_at = time.time()
+        RUN.steady_requests = RUN.http_requests
+
+
+@events.test_stopping.add_listener
+def _on_stopping(environment, **kwargs):
+    """Stop sending, let every open socket receive what was sent, then count."""
+    if RUN.stopped_at is not None:
+        return
+    RUN.stopped_at = time.time()
+    RUN.window_requests = RUN.http_requests - (
+        RUN.steady_requests if RUN.steady_at is not None else 0)
+    RUN.sockets_at_stop = len(RUN.sockets)
+    RUN.sending = False
+    # Wait while deliveries progress: a loaded server may be seconds behind, and
+    # only what never arrives is lost. Give up after DRAIN_SECONDS without any
+    # progress, or DRAIN_MAX_SECONDS in all.
+    started = time.monotonic()
+    last_progress, progress = started, None
+    while time.monotonic() - started < DRAIN_MAX_SECONDS:
+        behind = [s for s in RUN.sockets if (s.last or 0) < RUN.max_seq or s.pending]
+        if not behind and RUN.posts_in_flight == 0:
+            break
+        now_progress = (sum(s.last or 0 for s in RUN.sockets), RUN.counts["ws_acked"],
+                        RUN.max_seq, RUN.posts_in_flight)
+        if now_progress != progress:
+            progress, last_progress = now_progress, time.monotonic()
+        elif time.monotonic() - last_progress > DRAIN_SECONDS:
+            break
+        gevent.sleep(0.1)
+    RUN.drain_seconds = time.monotonic() - started
+    # Gaps never filled count on every socket, also one that went away; the tail
+    # (sent but not received by the end of the drain) only on sockets still open.
+    RUN.counts["lost_gaps"] = sum(len(s.missing) for s in RUN.all_sockets)
+    RUN.counts["lost_tail"] = sum(max(0, RUN.max_seq - (s.last or 0)) for s in RUN.sockets)
+    RUN.counts["sockets_behind_at_end"] = sum(
+        1 for s in RUN.sockets if (s.last or 0) < RUN.max_seq)
+    # Sent over a socket, never acknowledged (not lost: nothing was promised).
+    RUN.counts["ws_unacked"] += sum(len(s.pending) for s in RUN.all_sockets)
+    RUN.drained = True
+
+
+@events.test_stop.add_listener
+def _on_test_stop(environment, **kwargs):
+    if not RUN.drained:
+        _on_stopping(environment)
+    result = build_result(environment)
+    print("LOADTEST_RESULT " + json.dumps(result["summary"]), flush=True)
+    if RESULT_FILE:
+        with open(RESULT_FILE, "w") as f:
+            json.dump(result, f, indent=2, sort_keys=True)
+
+
+def entry_summary(entry):
+    if entry is None or entry.num_requests == 0:
+        return {"count": 0, "failures": entry.num_failures if entry else 0}
+    return {
+        "count": entry.num_requests,
+        "failures": entry.num_failures,
+        "p50_ms": entry.get_response_time_percentile(0.5),
+        "p95_ms": entry.get_response_time_percentile(0.95),
+        "p99_ms": entry.get_response_time_percentile(0.99),
+        "avg_ms": round(entry.avg_response_time, 2),
+        "max_ms": round(entry.max_response_time or 0, 2),
+    }
+
+
+def build_result(environment):
+    stats = environment.stats
+    end = RUN.stopped_at or time.time()
+    start = RUN.steady_at if RUN.steady_at is not None else (RUN.started_at or end)
+    window = end - start
+    if window < 1.0 and RUN.started_at is not None:  # too short to measure: the whole run
+        start, window = RUN.started_at, end - RUN.started_at
+        requests_in_window = RUN.http_requests
+    else:
+        requests_in_window = RUN.window_requests if RUN.stopped_at else (
+            RUN.http_requests - RUN.steady_requests)
+    messages_in_window = sum(1 for t in RUN.delivered.values() if start <= t <= end)
+    entries = {}
+    for (name, method), entry in stats.entries.items():
+        entries[f"{method} {name}"] = entry_summary(entry)
+    status_codes = {}
+    for error in stats.errors.values():
+        status_codes[str(error.error)[:200]] = error.occurrences
+    lost = RUN.counts["lost_gaps"] + RUN.counts["lost_tail"]
+    summary = {
+        "run_id": RUN_ID,
+        "project_id": RUN.project_id,
+        "window_seconds": round(max(window, 0.0), 3),
+        "http_requests": RUN.http_requests,
+        "http_requests_in_window": requests_in_window,
+        "requests_per_second": round(requests_in_window / window, 2) if window > 0 else 0.0,
+        "sockets_open_at_stop": RUN.sockets_at_stop,
+        "sockets_peak": RUN.sockets_peak,
+        "messages_sent": RUN.counts["ws_sent"] + RUN.counts["http_sent"],
+        "messages_delivered": len(RUN.delivered),
+        "messages_delivered_in_window": messages_in_window,
+        "messages_per_second": round(messages_in_window / window, 2) if window > 0 else 0.0,
+        "deliveries_per_second": round(RUN.counts["deliveries"] / window, 2) if window > 0 else 0.0,
+        "max_seq": RUN.max_seq,
+        "drain_seconds": round(RUN.drain_seconds, 2),
+        "lost": lost,
+        "duplicated": RUN.counts["duplicated"],
+        "out_of_order": RUN.counts["out_of_order"],
+        **RUN.counts,
+        "send_errors": dict(RUN.send_errors),
+        "close_codes": dict(RUN.close_codes),
+        "total_failures": stats.total.num_failures,
+    }
+    return {
+        "summary": summary,
+        "endpoints": {
+            "simple_get": entry_summary(stats.entries.get((PROJECTS, "GET"))),
+            "complex_get": entry_summary(stats.entries.get((HISTORY, "GET"))),
+            "post": entry_summary(stats.entries.get((POST_MESSAGE, "POST"))),
+            "websocket": entry_summary(stats.entries.get((DELIVERY, "WS"))),
+        },
+        "entries": entries,
+        "errors": status_codes,
+    }
