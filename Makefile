@@ -24,6 +24,7 @@ seed: migrate
 
 # Embedded default: SQLite, in-memory layer, local cache; one process.
 run: seed
+	$(PY) manage.py collectstatic --noinput -v0
 	$(PY) manage.py runserver $(HOST):$(PORT)
 
 # Production shape: needs DATABASE_URL, REDIS_URL and SECRET_KEY. One uvicorn

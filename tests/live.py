@@ -69,6 +69,7 @@ def make_live_env(extra=None):
         env["REDIS_URL"] = urlunparse(parts._replace(path="/1"))
     env.update(extra or {})
     run_manage(env, "migrate", "--noinput", "-v0")
+    _collect_static(env)
     if env.get("REDIS_URL"):
         import redis
 
@@ -82,6 +83,17 @@ def make_live_env(extra=None):
                 pass
 
     return env, close
+
+
+_static_collected = False
+
+
+def _collect_static(env):
+    """Hashed, precompressed static files, as `make serve` makes them (once a run)."""
+    global _static_collected
+    if not _static_collected:
+        run_manage(env, "collectstatic", "--noinput", "-v0")
+        _static_collected = True
 
 
 def run_manage(env, *args, timeout=300):
