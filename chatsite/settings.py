@@ -138,12 +138,15 @@ AUTHENTICATION_BACKENDS = ["accounts.backends.CachedModelBackend"]
 CACHE_TTL = env("CACHE_TTL", 300, int)
 # Off only to measure the uncached path (bench/http_bench.py).
 CACHE_HOT_READS = env("CACHE_HOT_READS", True, bool)
+# Deployments sharing one Redis database keep their keys apart with a prefix.
+CACHE_KEY_PREFIX = env("CACHE_KEY_PREFIX", "")
 if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "TIMEOUT": CACHE_TTL,
+            "KEY_PREFIX": CACHE_KEY_PREFIX,
             "OPTIONS": {
                 "CLIENT_CLASS": "django_redis.client.DefaultClient",
                 "SOCKET_CONNECT_TIMEOUT": 1,
@@ -155,6 +158,7 @@ if REDIS_URL:
         "sessions": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
+            "KEY_PREFIX": CACHE_KEY_PREFIX,
             "OPTIONS": {
                 "CLIENT_CLASS": "django_redis.client.DefaultClient",
                 "SOCKET_CONNECT_TIMEOUT": 1,

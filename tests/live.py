@@ -67,13 +67,13 @@ def make_live_env(extra=None):
     if os.environ.get("REDIS_URL"):
         parts = urlparse(os.environ["REDIS_URL"])
         env["REDIS_URL"] = urlunparse(parts._replace(path="/1"))
+        # Its own keys (and, by its database name, its own bus channels), so
+        # live servers of different runs on one Redis never see each other.
+        env["CACHE_KEY_PREFIX"] = urlparse(env["DATABASE_URL"]).path.strip("/").replace(
+            "/", "_")[-40:] or uuid.uuid4().hex[:8]
     env.update(extra or {})
     run_manage(env, "migrate", "--noinput", "-v0")
     _collect_static(env)
-    if env.get("REDIS_URL"):
-        import redis
-
-        redis.Redis.from_url(env["REDIS_URL"]).flushdb()
 
     def close():
         for fn in cleanup:
