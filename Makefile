@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 WEB_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+PROMETHEUS_MULTIPROC_DIR ?= /tmp/chat-metrics-$(PORT)
 
 .PHONY: venv run serve test bench migrate seed lint clean
 
@@ -32,9 +33,11 @@ run: seed
 serve: venv
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v0
+	rm -rf $(PROMETHEUS_MULTIPROC_DIR) && mkdir -p $(PROMETHEUS_MULTIPROC_DIR)
+	PROMETHEUS_MULTIPROC_DIR=$(PROMETHEUS_MULTIPROC_DIR) \
 	$(VENV)/bin/uvicorn chatsite.asgi:application --host $(HOST) --port $(PORT) \
 		--workers $(WEB_WORKERS) --ws websockets --ws-max-size 65536 \
-		--no-access-log --loop uvloop --http httptools
+		--timeout-keep-alive 30 --no-access-log --loop uvloop --http httptools
 
 test: venv
 	$(PY) -m pytest

@@ -136,13 +136,22 @@ def client_outsider(outsider):
 
 @pytest.fixture(autouse=True, scope="session")
 def _fast_password_hasher():
-    """Log-in cost is not what the tests measure (settings load before conftest)."""
-    from django.conf import settings
+    """Log-in cost is not what the tests measure (settings load before conftest).
 
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    # Unit tests run without collectstatic; hashed, precompressed names are
-    # checked against a live server in tests/test_live_static.py.
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
+    Unit tests also run without collectstatic: plain static storage, whatever a
+    live test left in staticfiles/ (hashed names are checked against a live
+    server in tests/test_live_static.py). override_settings resets the storages.
+    """
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    override = override_settings(
+        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
+        STORAGES={
+            **settings.STORAGES,
+            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+        },
+    )
+    override.enable()
+    yield
+    override.disable()

@@ -33,3 +33,8 @@ else:
 websocket_app = StrictOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
 
 application = ProtocolTypeRouter({"http": http_app, "websocket": websocket_app})
+
+# METRICS_PORT: the first worker process binds it (multiprocess totals).
+from chatsite.metrics import start_metrics_server  # noqa: E402
+
+start_metrics_server()

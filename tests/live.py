@@ -43,6 +43,7 @@ def make_live_env(extra=None):
         "FAST_PASSWORD_HASHER": "1",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "LOG_LEVEL": "WARNING",
+        "METRICS_PORT": "0",
         "SECRET_KEY": os.environ.get("SECRET_KEY") or "live-test-secret-" + "k" * 40,
     })
     cleanup = []
@@ -146,7 +147,8 @@ class LiveServer:
             str(VENV_BIN / "uvicorn"), "chatsite.asgi:application",
             "--host", "127.0.0.1", "--port", str(self.port),
             "--workers", str(self.workers), "--ws", "websockets",
-            "--ws-max-size", "65536", "--no-access-log", "--log-level", "warning",
+            "--ws-max-size", "65536", "--timeout-keep-alive", "30",
+            "--no-access-log", "--log-level", "warning",
         ]
         self.log = tempfile.NamedTemporaryFile(prefix="chat-live-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
