@@ -133,6 +133,8 @@ DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = ["accounts.backends.CachedModelBackend"]
+# Seconds a process keeps a signed-in user in memory (0: off); see accounts/backends.py.
+USER_LOCAL_CACHE_SECONDS = env("USER_LOCAL_CACHE_SECONDS", 2.0, float)
 
 # --- Cache, sessions, channel layer --------------------------------------------
 CACHE_TTL = env("CACHE_TTL", 300, int)
