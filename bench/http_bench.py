@@ -120,7 +120,7 @@ def main():
     sections = []
     try:
         seed_seconds = bench.seed(args.messages)
-        want = set(args.only or ["cache", "compression", "pool", "depth"])
+        want = set(args.only or ["cache", "metrics", "compression", "pool", "depth"])
         if "cache" in want:
             on = bench.server()
             pid = bench.project_id(on)
@@ -137,6 +137,17 @@ def main():
             off.stop()
             sections.append(table("Cached vs uncached first history page (64 connections)",
                                   rows, command))
+        if "metrics" in want:
+            rows = []
+            for label, extra in (("metrics on", {}), ("metrics off", {"ENABLE_METRICS": "false"})):
+                srv = bench.server(extra)
+                pid = bench.project_id(srv)
+                rows.append(bench.measure(srv, f"/api/projects/{pid}/messages",
+                                          label=f"cached history page, {label}"))
+                srv.stop()
+            cost = (1 - rows[0]["rps"] / rows[1]["rps"]) * 100
+            sections.append(table("Metric collection on vs off (cached history page)", rows,
+                                  command) + f"\nThroughput cost of metrics: {cost:.1f} %\n")
         if "compression" in want:
             srv = bench.server()
             pid = bench.project_id(srv)

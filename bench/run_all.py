@@ -1,0 +1,16 @@
+"""`make bench`: every side-by-side benchmark, one after the other (about 10 minutes)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+for script, args in (
+    ("bench/json_bench.py", []),
+    ("bench/http_bench.py", ["--messages", "1000000"]),
+    ("bench/broadcast_bench.py", []),
+):
+    print(f"== {script} {' '.join(args)}", flush=True)
+    subprocess.run([PY, str(ROOT / script), *args], cwd=ROOT, check=True)
