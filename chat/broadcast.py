@@ -431,7 +431,11 @@ class ProjectHub:
             if quiet >= wait:
                 self.flush()  # the first change after a quiet period goes at once
             else:
-                self.flush_handle = self.loop.call_later(wait - quiet, self.flush)
+                # Never later than BROADCAST_MAX_WAIT_MS after the first change;
+                # BROADCAST_LINGER_MS (shorter) keeps delivery p95 low at moderate
+                # rates while a busy project still fills batches of 10.
+                linger = settings.BROADCAST_LINGER_MS / 1000
+                self.flush_handle = self.loop.call_later(min(wait - quiet, linger), self.flush)
 
     def request_catch_up(self):
         """Fill gaps from the database (a lost or late publish)."""

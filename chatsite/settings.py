@@ -192,6 +192,9 @@ else:
 MESSAGE_MAX_LENGTH = env("MESSAGE_MAX_LENGTH", 10000, int)
 BROADCAST_MAX_BATCH = env("BROADCAST_MAX_BATCH", 10, int)
 BROADCAST_MAX_WAIT_MS = env("BROADCAST_MAX_WAIT_MS", 100, int)
+# How long a batch waits for company at most (<= BROADCAST_MAX_WAIT_MS); see
+# docs/REALTIME.md for the measured trade-off between frames and latency.
+BROADCAST_LINGER_MS = env("BROADCAST_LINGER_MS", 25, int)
 REPLAY_LIMIT = env("REPLAY_LIMIT", 500, int)
 # Pub/sub channels are shared by every database number of a Redis server: two
 # deployments (or test runs) on one Redis must not hear each other.

@@ -176,7 +176,7 @@ async def test_single_message_after_quiet_period_is_not_held(member, owner, proj
 
 async def test_hundred_messages_in_one_window_come_in_few_frames(member, owner, project):
     # A window long enough that all 100 sends fall inside it on a slow machine.
-    with override_settings(BROADCAST_MAX_WAIT_MS=3000):
+    with override_settings(BROADCAST_MAX_WAIT_MS=3000, BROADCAST_LINGER_MS=3000):
         comm = await open_socket(member, project.pk)
         await send_as(owner, project, 100)
         frames, messages = await collect_messages(comm, 100, timeout=5)
@@ -184,6 +184,17 @@ async def test_hundred_messages_in_one_window_come_in_few_frames(member, owner, 
     assert all(len(f["messages"]) <= 10 for f in frames)
     assert [m["changed_seq"] for m in messages] == list(range(1, 101))
     await comm.disconnect()
+
+
+async def test_changes_in_a_window_wait_at_most_the_linger(member, owner, project):
+    # A window of a minute but a linger of 50 ms: the second change (inside the
+    # window) still goes out within the linger, not after the window.
+    with override_settings(BROADCAST_MAX_WAIT_MS=60000, BROADCAST_LINGER_MS=50):
+        comm = await open_socket(member, project.pk)
+        await send_as(owner, project, 2)
+        _, messages = await collect_messages(comm, 2, timeout=1)
+        assert [m["seq"] for m in messages] == [1, 2]
+        await comm.disconnect()
 
 
 async def test_batch_is_encoded_once_for_all_recipients(member, owner, project, monkeypatch):
@@ -464,7 +475,7 @@ async def test_sockets_joining_while_the_hub_starts_all_get_their_replay(member,
 
 async def test_client_ahead_of_the_hub_gets_only_what_it_lacks(member, owner, project):
     # The client read seq 1..3 through the API before the hub saw them.
-    with override_settings(BROADCAST_MAX_WAIT_MS=3000):
+    with override_settings(BROADCAST_MAX_WAIT_MS=3000, BROADCAST_LINGER_MS=3000):
         comm = await open_socket(member, project.pk, after=3)
         assert comm.hello["seq"] == 0
         await send_as(owner, project, 5)
