@@ -30,6 +30,13 @@ Users are created beforehand (``manage.py seed_demo --loadtest --users N``
 creates load0..load{N-1}); the i-th locust user signs in as
 ``<LOADTEST_USERS_PREFIX><i mod LOADTEST_ACCOUNTS>``.
 
+Several projects: with LOADTEST_PROJECTS=K (``seed_demo --loadtest
+--loadtest-projects K`` puts account i in "Load", "Load 2", ... by i mod K) the
+user of account i talks in its own project, the one named after i mod K among
+its GET /api/projects; with LOADTEST_PROJECT_IDS=a,b,c in ids[i mod 3]. Every
+counter that follows a project's numbers (highest number, deliveries, gaps,
+tail, the drain) is kept per project and summed in the result.
+
 Environment (all optional):
   LOADTEST_USERS_PREFIX   username prefix (default "load")
   LOADTEST_PASSWORD       their password (default "demo-pass-123", seed_demo's)
@@ -38,6 +45,10 @@ Environment (all optional):
   LOADTEST_PROJECT_ID     project to use; else the first user picks the project
                           named LOADTEST_PROJECT_NAME (default "Load") from
                           GET /api/projects, or the first one listed
+  LOADTEST_PROJECT_IDS    comma-separated projects: account i uses ids[i mod K]
+  LOADTEST_PROJECTS       K > 1: account i uses its project named
+                          LOADTEST_PROJECT_NAME (i mod K = 0) or
+                          "<LOADTEST_PROJECT_NAME> <i mod K + 1>" (seed_demo's names)
   LOADTEST_MESSAGE_INTERVAL  seconds between socket sends per socket user
                           (default 5; 0 disables socket sends)
   LOADTEST_WAIT           think time "MIN,MAX" seconds between HTTP tasks
@@ -73,6 +84,9 @@ PASSWORD = os.environ.get("LOADTEST_PASSWORD", "demo-pass-123")
 ACCOUNTS = int(os.environ.get("LOADTEST_ACCOUNTS", "0") or 0)
 FIRST_INDEX = int(os.environ.get("LOADTEST_FIRST_INDEX", "0") or 0)
 PROJECT_NAME = os.environ.get("LOADTEST_PROJECT_NAME", "Load")
+PROJECT_IDS = [int(x) for x in os.environ.get("LOADTEST_PROJECT_IDS", "").split(",")
+               if x.strip()]
+PROJECTS = int(os.environ.get("LOADTEST_PROJECTS", "1") or 1)
 MESSAGE_INTERVAL = float(os.environ.get("LOADTEST_MESSAGE_INTERVAL", "5") or 0)
 DRAIN_SECONDS = float(os.environ.get("LOADTEST_DRAIN_SECONDS", "10") or 0)
 DRAIN_MAX_SECONDS = float(os.environ.get("LOADTEST_DRAIN_MAX_SECONDS", "120") or 0)
@@ -82,7 +96,7 @@ RUN_ID = os.environ.get("LOADTEST_RUN_ID") or uuid.uuid4().hex[:12]
 
 DELIVERY = "WebSocket delivery"
 HISTORY = "complex GET: history"
-PROJECTS = "simple GET: projects"
+PROJECT_LIST = "simple GET: projects"
 POST_MESSAGE = "POST: message"
 
 
@@ -94,13 +108,15 @@ class Run:
         self.project_id = int(os.environ["LOADTEST_PROJECT_ID"]) if os.environ.get(
             "LOADTEST_PROJECT_ID") else None
         self.project_lock = Semaphore()
+        self.project_ids = set()  # projects the users talk in
         self.sending = True  # cleared when the test stops: no new messages
         self.sockets = set()  # open ProjectSocket objects
         self.all_sockets = []  # every ProjectSocket of the run
         self.sockets_peak = 0
         self.sockets_at_stop = 0
-        self.max_seq = 0  # highest change number known (acks, POST answers, deliveries)
-        self.delivered = {}  # changed_seq -> send time, for this run's messages
+        # project id -> highest change number known (acks, POST answers, deliveries)
+        self.max_seq = {}
+        self.delivered = {}  # (project id, changed_seq) -> send time, this run's messages
         self.posts_in_flight = 0
         self.http_requests = 0  # HTTP requests (not "WS") seen by the request hook
         self.counts = dict.fromkeys((
@@ -110,7 +126,7 @@ class Run:
             "duplicated", "out_of_order", "lost_gaps", "lost_tail", "resyncs",
             "sockets_behind_at_end", "hello_seq_zero", "sockets_closed_before_stop",
             "duplicated_at_join", "ws_unacked", "resync_failures", "caught_up_over_http",
-            "http_post_retries",
+            "http_post_retries", "project_discovery_failures",
         ), 0)
         self.send_errors = {}
         self.close_codes = {}
@@ -125,8 +141,12 @@ class Run:
     def bump(self, name, n=1):
         self.counts[name] += n
 
-    def saw_seq(self, seq):
-        self.max_seq = max(self.max_seq, seq)
+    def saw_seq(self, project_id, seq):
+        if seq > self.max_seq.get(project_id, 0):
+            self.max_seq[project_id] = seq
+
+    def seq_of(self, project_id):
+        return self.max_seq.get(project_id, 0)
 
 
 RUN = Run()
@@ -214,15 +234,16 @@ class ProjectSocket:
             exception=None, context={},
         )
         RUN.bump("socket_connects")
-        if hello["seq"] == 0 and max(after or 0, RUN.max_seq) > 0:
+        if hello["seq"] == 0 and max(after or 0, RUN.seq_of(self.project_id)) > 0:
             # The project's number never goes back: a hello of 0 is wrong (SPEC §5).
             RUN.bump("hello_seq_zero")
-            logger.warning("hello with seq 0 for %s (after=%s, known seq %s)",
-                           self.user.username, after, RUN.max_seq)
+            logger.warning("hello with seq 0 for %s in project %s (after=%s, known seq %s)",
+                           self.user.username, self.project_id, after,
+                           RUN.seq_of(self.project_id))
         if self.last is None:
             self.last = hello["seq"]
         self.hello_seq = hello["seq"]
-        RUN.saw_seq(hello["seq"])
+        RUN.saw_seq(self.project_id, hello["seq"])
         self.ws = ws
         self.joined_after = self.last
         RUN.sockets.add(self)
@@ -302,7 +323,7 @@ class ProjectSocket:
         elif kind == "ack":
             started = self.pending.pop(frame.get("client_msg_id"), None)
             RUN.bump("ws_acked")
-            RUN.saw_seq(frame["message"]["changed_seq"])
+            RUN.saw_seq(self.project_id, frame["message"]["changed_seq"])
             if started is not None:
                 events.request.fire(
                     request_type="WS", name="WebSocket send (ack)",
@@ -347,7 +368,7 @@ class ProjectSocket:
 
     def on_message(self, message, now):
         seq = message["changed_seq"]
-        RUN.saw_seq(seq)
+        RUN.saw_seq(self.project_id, seq)
         if self.last is None:
             self.last = seq
         elif seq > self.last:
@@ -371,11 +392,18 @@ class ProjectSocket:
             RUN.bump("caught_up_over_http")
             return
         RUN.bump("deliveries")
-        RUN.delivered.setdefault(seq, sent)
+        RUN.delivered.setdefault((self.project_id, seq), sent)
         events.request.fire(
             request_type="WS", name=DELIVERY, response_time=max(0.0, (now - sent) * 1000),
             response_length=0, exception=None, context={},
         )
+
+    def tail(self):
+        """Numbers of this socket's project known to exist that it has not received."""
+        return max(0, RUN.seq_of(self.project_id) - (self.last or 0))
+
+    def behind(self):
+        return self.tail() > 0
 
     # -- sending --
     def send_loop(self):
@@ -406,12 +434,13 @@ class ChatUser(FastHttpUser):
 
     def on_start(self):
         number = next(RUN.user_numbers)
-        index = FIRST_INDEX + (number % ACCOUNTS if ACCOUNTS > 0 else number)
-        self.username = f"{PREFIX}{index}"
+        self.index = FIRST_INDEX + (number % ACCOUNTS if ACCOUNTS > 0 else number)
+        self.username = f"{PREFIX}{self.index}"
         base = urlparse(self.host)
         self.origin = f"{base.scheme}://{base.netloc}"
         self.login()
         self.project_id = self.discover_project()
+        RUN.project_ids.add(self.project_id)
 
     def login(self):
         with self.client.get("/api/auth/csrf", name="auth: csrf", catch_response=True) as r:
@@ -442,6 +471,10 @@ class ChatUser(FastHttpUser):
         return "; ".join(f"{c.name}={c.value}" for c in self.client.cookiejar)
 
     def discover_project(self):
+        if PROJECT_IDS:
+            return PROJECT_IDS[self.index % len(PROJECT_IDS)]
+        if RUN.project_id is None and PROJECTS > 1:
+            return self.discover_own_project()
         if RUN.project_id is not None:
             return RUN.project_id
         with RUN.project_lock:
@@ -457,13 +490,33 @@ class ChatUser(FastHttpUser):
                 RUN.project_id = chosen["id"]
         return RUN.project_id
 
+    def discover_own_project(self):
+        """This account's project of seed_demo --loadtest-projects: by name, i mod K."""
+        part = self.index % PROJECTS
+        name = PROJECT_NAME if part == 0 else f"{PROJECT_NAME} {part + 1}"
+        with self.client.get("/api/projects?per_page=100", name="setup: projects",
+                             catch_response=True) as r:
+            if r.status_code != 200:
+                r.failure(describe(r))
+                RUN.bump("project_discovery_failures")
+                raise StopUser()
+            items = r.json()["items"]
+        named = [p for p in items if p["name"] == name]
+        if not named:
+            logger.error("%s is not a member of a project named %r; create the users with "
+                         "seed_demo --loadtest --loadtest-projects %s",
+                         self.username, name, PROJECTS)
+            RUN.bump("project_discovery_failures")
+            raise StopUser()
+        return named[0]["id"]
+
     @task(3)
     def history(self):
         self.client.get(f"/api/projects/{self.project_id}/messages?limit=50", name=HISTORY)
 
     @task(2)
     def projects(self):
-        self.client.get("/api/projects", name=PROJECTS)
+        self.client.get("/api/projects", name=PROJECT_LIST)
 
     @task(1)
     def send_message(self):
@@ -482,7 +535,7 @@ class ChatUser(FastHttpUser):
                     # 201 created; 200 on a retry: the first attempt had been taken.
                     if r.status_code == 201 or (attempt and r.status_code == 200):
                         RUN.bump("http_sent")
-                        RUN.saw_seq(r.json()["changed_seq"])
+                        RUN.saw_seq(self.project_id, r.json()["changed_seq"])
                         return
                     r.failure(describe(r))
                     if r.status_code:
@@ -512,7 +565,7 @@ class SocketChatUser(ChatUser):
                 r.failure(describe(r))
                 raise StopUser()
             after = r.json()["seq"]
-        RUN.saw_seq(after)
+        RUN.saw_seq(self.project_id, after)
         self.socket = ProjectSocket(self, self.project_id, after)
         self.socket.start()
 
@@ -562,11 +615,11 @@ def _on_stopping(environment, **kwargs):
     started = time.monotonic()
     last_progress, progress = started, None
     while time.monotonic() - started < DRAIN_MAX_SECONDS:
-        behind = [s for s in RUN.sockets if (s.last or 0) < RUN.max_seq or s.pending]
+        behind = [s for s in RUN.sockets if s.behind() or s.pending]
         if not behind and RUN.posts_in_flight == 0:
             break
         now_progress = (sum(s.last or 0 for s in RUN.sockets), RUN.counts["ws_acked"],
-                        RUN.max_seq, RUN.posts_in_flight)
+                        sum(RUN.max_seq.values()), RUN.posts_in_flight)
         if now_progress != progress:
             progress, last_progress = now_progress, time.monotonic()
         elif time.monotonic() - last_progress > DRAIN_SECONDS:
@@ -576,9 +629,8 @@ def _on_stopping(environment, **kwargs):
     # Gaps never filled count on every socket, also one that went away; the tail
     # (sent but not received by the end of the drain) only on sockets still open.
     RUN.counts["lost_gaps"] = sum(len(s.missing) for s in RUN.all_sockets)
-    RUN.counts["lost_tail"] = sum(max(0, RUN.max_seq - (s.last or 0)) for s in RUN.sockets)
-    RUN.counts["sockets_behind_at_end"] = sum(
-        1 for s in RUN.sockets if (s.last or 0) < RUN.max_seq)
+    RUN.counts["lost_tail"] = sum(s.tail() for s in RUN.sockets)
+    RUN.counts["sockets_behind_at_end"] = sum(1 for s in RUN.sockets if s.behind())
     # Sent over a socket, never acknowledged (not lost: nothing was promised).
     RUN.counts["ws_unacked"] += sum(len(s.pending) for s in RUN.all_sockets)
     RUN.drained = True
@@ -630,7 +682,10 @@ def build_result(environment):
     lost = RUN.counts["lost_gaps"] + RUN.counts["lost_tail"]
     summary = {
         "run_id": RUN_ID,
-        "project_id": RUN.project_id,
+        "project_id": RUN.project_id if RUN.project_id is not None else (
+            next(iter(RUN.project_ids)) if len(RUN.project_ids) == 1 else None),
+        "projects": len(RUN.project_ids),
+        "project_ids": sorted(RUN.project_ids),
         "window_seconds": round(max(window, 0.0), 3),
         "http_requests": RUN.http_requests,
         "http_requests_in_window": requests_in_window,
@@ -642,7 +697,8 @@ def build_result(environment):
         "messages_delivered_in_window": messages_in_window,
         "messages_per_second": round(messages_in_window / window, 2) if window > 0 else 0.0,
         "deliveries_per_second": round(RUN.counts["deliveries"] / window, 2) if window > 0 else 0.0,
-        "max_seq": RUN.max_seq,
+        "max_seq": sum(RUN.max_seq.values()),
+        "max_seq_by_project": {str(k): v for k, v in sorted(RUN.max_seq.items())},
         "drain_seconds": round(RUN.drain_seconds, 2),
         "lost": lost,
         "duplicated": RUN.counts["duplicated"],
@@ -655,7 +711,7 @@ def build_result(environment):
     return {
         "summary": summary,
         "endpoints": {
-            "simple_get": entry_summary(stats.entries.get((PROJECTS, "GET"))),
+            "simple_get": entry_summary(stats.entries.get((PROJECT_LIST, "GET"))),
             "complex_get": entry_summary(stats.entries.get((HISTORY, "GET"))),
             "post": entry_summary(stats.entries.get((POST_MESSAGE, "POST"))),
             "websocket": entry_summary(stats.entries.get((DELIVERY, "WS"))),

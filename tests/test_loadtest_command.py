@@ -1,5 +1,6 @@
 """manage.py loadtest: loopback only, and a short real run prints every target (SPEC §7, §8)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -48,6 +49,22 @@ def test_refuses_a_socket_send_rate_over_the_server_limit(settings):
                      "--message-rate", "100")
 
 
+def test_refuses_more_than_one_way_to_choose_projects():
+    with pytest.raises(CommandError, match="only one of"):
+        call_command("loadtest", "--url", "http://127.0.0.1:1", "--users", "2",
+                     "--project-id", "3", "--projects", "2")
+    with pytest.raises(CommandError, match="only one of"):
+        call_command("loadtest", "--url", "http://127.0.0.1:1", "--users", "2",
+                     "--project-ids", "3,4", "--projects", "2")
+
+
+@pytest.mark.parametrize("ids", ["", "a,b", "3,-1", "0"])
+def test_refuses_bad_project_ids(ids):
+    with pytest.raises(CommandError, match="--project-ids"):
+        call_command("loadtest", "--url", "http://127.0.0.1:1", "--users", "2",
+                     "--project-ids", ids)
+
+
 def parse_table(output, first_header):
     """Rows of the markdown table whose header starts with first_header: {label: cells}."""
     lines = output.splitlines()
@@ -81,21 +98,74 @@ def test_short_run_prints_a_measured_value_in_every_cell_and_loses_nothing(worke
              "--message-rate", "6", "--drain", "10"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
         )
-        output = proc.stdout
-        # The command exits 1 when anything was lost, duplicated or out of order.
-        assert proc.returncode == 0, output[-4000:] + proc.stderr[-2000:]
+        output = check_run(proc, server)
+        assert "projects: 1" in output.splitlines()
+    finally:
+        if server is not None:
+            server.stop()
+        close()
 
-        latency = parse_table(output, "Endpoint type")
-        metrics = parse_table(output, "Metric")
-        assert list(latency) == LATENCY_ROWS
-        assert list(metrics) == METRIC_ROWS
-        for label, (target, measured, status) in {**latency, **metrics}.items():
-            assert NUMBER.match(measured), f"{label}: measured {measured!r}"
-            assert target and status in ("PASS", "FAIL"), f"{label}: {target!r} {status!r}"
-        for row in ("Lost messages", "Duplicated messages", "Out-of-order messages"):
-            assert metrics[row][1:] == ["0", "PASS"], output[-3000:]
-        assert metrics["Concurrent users"][1].startswith("6 ")
-        assert "Traceback" not in server.output(), server.output()[-4000:]
+
+def check_run(proc, server, sockets=6):
+    """Every cell measured, nothing lost, duplicated or out of order; return the output."""
+    output = proc.stdout
+    # The command exits 1 when anything was lost, duplicated or out of order.
+    assert proc.returncode == 0, output[-4000:] + proc.stderr[-2000:]
+
+    latency = parse_table(output, "Endpoint type")
+    metrics = parse_table(output, "Metric")
+    assert list(latency) == LATENCY_ROWS
+    assert list(metrics) == METRIC_ROWS
+    for label, (target, measured, status) in {**latency, **metrics}.items():
+        assert NUMBER.match(measured), f"{label}: measured {measured!r}"
+        assert target and status in ("PASS", "FAIL"), f"{label}: {target!r} {status!r}"
+    for row in ("Lost messages", "Duplicated messages", "Out-of-order messages"):
+        assert metrics[row][1:] == ["0", "PASS"], output[-3000:]
+    assert metrics["Concurrent users"][1].startswith(f"{sockets} ")
+    assert "Traceback" not in server.output(), server.output()[-4000:]
+    return output
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(("workers", "choose"), [
+    # Each account finds its own project by name, as seed_demo --loadtest-projects names them.
+    (1, "--projects"),
+    pytest.param(2, "--project-ids", marks=pytest.mark.redis),
+])
+def test_users_spread_over_two_projects_lose_nothing(workers, choose, tmp_path):
+    env, close = make_live_env()
+    server = None
+    try:
+        users = [f"lt{i}" for i in range(6)]
+        # Account i in project i mod 2, as seed_demo --loadtest --loadtest-projects 2 does.
+        load = create_users_and_project(env, users[::2], "Load")
+        load2 = create_users_and_project(env, users[1::2], "Load 2")
+        server = LiveServer(env, workers=workers).start()
+        how = ["--projects", "2"] if choose == "--projects" else [
+            "--project-ids", f"{load},{load2}"]
+        result_file = tmp_path / "result.json"
+        proc = subprocess.run(
+            [sys.executable, "manage.py", "loadtest", "--url", server.url,
+             "--users", "6", "--spawn-rate", "6", "--duration", "8",
+             "--users-prefix", "lt", "--password", PASSWORD, *how,
+             "--message-rate", "6", "--drain", "10", "--json", str(result_file)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
+        )
+        output = check_run(proc, server)
+        assert "projects: 2" in output.splitlines()
+
+        summary = json.loads(result_file.read_text())["summary"]
+        assert summary["projects"] == 2
+        assert sorted(summary["project_ids"]) == sorted([load, load2])
+        by_project = summary["max_seq_by_project"]
+        assert set(by_project) == {str(load), str(load2)}
+        assert all(seq > 0 for seq in by_project.values()), by_project
+        assert summary["max_seq"] == sum(by_project.values())
+        assert summary["messages_delivered"] > 0
+        assert summary["lost"] == summary["duplicated"] == summary["out_of_order"] == 0
+        assert summary["sockets_behind_at_end"] == 0
+        # Each message reaches only the 3 sockets of its project, not all 6.
+        assert summary["deliveries"] <= 3 * summary["messages_delivered"], summary
     finally:
         if server is not None:
             server.stop()

@@ -197,3 +197,54 @@ def test_users_prefix_names_the_numbered_users():
         "alice1",
         "alice2",
     }
+
+
+def test_loadtest_projects_spread_the_users_round_robin():
+    seed(
+        "--loadtest", "--users", "7", "--loadtest-projects", "3", "--messages", "9"
+    )
+
+    demo = User.objects.get(username="demo")
+    projects = {p.name: p for p in Project.objects.all()}
+    assert sorted(projects) == ["Load", "Load 2", "Load 3"]
+    for project in projects.values():
+        assert project.owner_id == demo.pk and not project.is_private
+        assert Membership.objects.filter(
+            project=project, user=demo, role=Membership.Role.OWNER
+        ).exists()
+        assert Message.objects.filter(project=project).count() == 3
+
+    def members(name):
+        return set(
+            Membership.objects.filter(project=projects[name])
+            .exclude(user=demo)
+            .values_list("user__username", flat=True)
+        )
+
+    # load i is a member of project i % 3 only.
+    assert members("Load") == {"load0", "load3", "load6"}
+    assert members("Load 2") == {"load1", "load4"}
+    assert members("Load 3") == {"load2", "load5"}
+    assert not Membership.objects.exclude(user=demo).exclude(
+        role=Membership.Role.MEMBER
+    ).exists()
+    before = counts()
+    assert before == (8, 3, 10, 9)
+
+    seed("--loadtest", "--users", "7", "--loadtest-projects", "3", "--messages", "9")
+
+    assert counts() == before
+
+
+def test_loadtest_projects_default_is_one_load_project():
+    seed("--loadtest", "--users", "3", "--messages", "0", "--loadtest-projects", "1")
+
+    assert list(Project.objects.values_list("name", flat=True)) == ["Load"]
+    assert Membership.objects.count() == 4
+
+
+def test_loadtest_projects_must_be_positive():
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="--loadtest-projects"):
+        seed("--loadtest", "--loadtest-projects", "0")

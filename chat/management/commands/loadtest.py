@@ -38,6 +38,11 @@ HELP = """Run the locust scenarios (loadtest/locustfile.py) headless against --u
 The users must exist beforehand, all members of one project: e.g.
   manage.py seed_demo --loadtest --users 500 --messages 1000
 creates load0..load499 (password demo-pass-123) in the project "Load".
+Spread over K projects (a team chat has many rooms):
+  manage.py seed_demo --loadtest --users 500 --loadtest-projects 25 --messages 0
+  manage.py loadtest --users 500 --projects 25
+puts load<i> in "Load", "Load 2", ... by i mod 25, and each locust user talks in
+its account's project (--project-ids a,b,c: account i uses ids[i mod 3]).
 Every locust user signs in as <prefix><i> and, by default, holds an open socket
 on the project (see loadtest/README.md). Loopback URLs only, unless
 --allow-remote. Exit status: 0 when the run completed with nothing lost,
@@ -76,6 +81,23 @@ def parse_ws_users(value, users):
         raise CommandError(
             f"--ws-users must be 'all', a fraction like 0.5 or a count, not {value!r}."
         ) from None
+
+
+def load_project_name(part):
+    """seed_demo --loadtest-projects names: "Load", "Load 2", ... (part counts from 0)."""
+    return "Load" if part == 0 else f"Load {part + 1}"
+
+
+def parse_project_ids(text):
+    try:
+        ids = [int(x) for x in str(text).split(",") if x.strip()]
+        if not ids or min(ids) < 1:
+            raise ValueError
+    except ValueError:
+        raise CommandError(
+            f"--project-ids is a comma-separated list of project ids, not {text!r}."
+        ) from None
+    return ids
 
 
 def fmt_ms(value):
@@ -123,6 +145,14 @@ class Command(BaseCommand):
         parser.add_argument("--project-id", type=int, default=None,
                             help="project to talk in (default: the first user's project "
                                  "named 'Load', else its first project)")
+        parser.add_argument("--projects", type=int, default=1, metavar="K",
+                            help="spread the users over K projects: account i talks in its "
+                                 "project named 'Load' (i mod K = 0), 'Load 2', ... as "
+                                 "seed_demo --loadtest --loadtest-projects K makes them "
+                                 "(default 1)")
+        parser.add_argument("--project-ids", default=None, metavar="A,B,C",
+                            help="spread the users over these projects: account i talks in "
+                                 "ids[i mod K]")
         parser.add_argument("--csv", metavar="PREFIX", default=None,
                             help="write locust's CSV statistics with this prefix")
         parser.add_argument("--html", metavar="FILE", default=None,
@@ -156,6 +186,15 @@ class Command(BaseCommand):
             )
         if options["users"] < 1:
             raise CommandError("--users must be at least 1.")
+        if options["projects"] < 1:
+            raise CommandError("--projects must be at least 1.")
+        given = [name for name, value in (
+            ("--project-id", options["project_id"] is not None),
+            ("--project-ids", options["project_ids"] is not None),
+            ("--projects", options["projects"] != 1),
+        ) if value]
+        if len(given) > 1:
+            raise CommandError(f"Give only one of {', '.join(given)}.")
         try:
             duration = self.parse_duration(options["duration"])
         except ValueError:
@@ -214,8 +253,11 @@ class Command(BaseCommand):
             raise ValueError(text)
         return total
 
-    def preflight(self, url, username, password, project_id):
-        """Sign in as the first user; return the project id to use (fail early and clearly)."""
+    def preflight(self, url, username, password, project_id, project_name=None):
+        """Sign in as the first user; return the project id to use (fail early and clearly).
+
+        project_name: the first user must be a member of a project of that name.
+        """
         jar = CookieJar()
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
 
@@ -253,6 +295,15 @@ class Command(BaseCommand):
             return project_id
         status, body = call("GET", "/api/projects?per_page=100")
         items = body.get("items", []) if status == 200 and isinstance(body, dict) else []
+        if project_name is not None:
+            named = [p for p in items if p["name"] == project_name]
+            if not named:
+                raise CommandError(
+                    f"{username!r} is not a member of a project named {project_name!r}; "
+                    "create the users with manage.py seed_demo --loadtest "
+                    "--loadtest-projects K (the same K as --projects)."
+                )
+            return named[0]["id"]
         named = [p for p in items if p["name"] == "Load"]
         chosen = (named or items or [None])[0]
         if chosen is None:
@@ -266,7 +317,22 @@ class Command(BaseCommand):
         users = options["users"]
         prefix, password = options["users_prefix"], options["password"]
         first = options["first_index"]
-        project_id = self.preflight(url, f"{prefix}{first}", password, options["project_id"])
+        project_ids, projects = None, options["projects"]
+        if options["project_ids"] is not None:
+            project_ids = parse_project_ids(options["project_ids"])
+            projects = len(project_ids)
+            self.preflight(url, f"{prefix}{first}", password,
+                           project_ids[first % len(project_ids)])
+            where = f"projects {','.join(map(str, project_ids))}"
+        elif projects > 1:
+            self.preflight(url, f"{prefix}{first}", password, None,
+                           load_project_name(first % projects))
+            where = (f"{projects} projects ('Load' .. 'Load {projects}', "
+                     "each account in its own)")
+        else:
+            project_id = self.preflight(url, f"{prefix}{first}", password,
+                                        options["project_id"])
+            where = f"project {project_id}"
 
         if ws_users == users:
             classes = ["SocketChatUser"]
@@ -282,7 +348,6 @@ class Command(BaseCommand):
             "LOADTEST_PASSWORD": password,
             "LOADTEST_ACCOUNTS": str(options["accounts"] or users),
             "LOADTEST_FIRST_INDEX": str(first),
-            "LOADTEST_PROJECT_ID": str(project_id),
             "LOADTEST_MESSAGE_INTERVAL": f"{interval:.6f}",
             "LOADTEST_WAIT": options["think_time"],
             "LOADTEST_DRAIN_SECONDS": str(options["drain"]),
@@ -290,6 +355,15 @@ class Command(BaseCommand):
             "LOADTEST_RESULT_FILE": result_file,
             "LOADTEST_RUN_ID": uuid.uuid4().hex[:12],
         })
+        for name in ("LOADTEST_PROJECT_ID", "LOADTEST_PROJECT_IDS", "LOADTEST_PROJECTS",
+                     "LOADTEST_PROJECT_NAME"):
+            env.pop(name, None)
+        if project_ids is not None:
+            env["LOADTEST_PROJECT_IDS"] = ",".join(map(str, project_ids))
+        elif projects > 1:
+            env["LOADTEST_PROJECTS"] = str(projects)
+        else:
+            env["LOADTEST_PROJECT_ID"] = str(project_id)
         if 0 < ws_users < users:
             env["LOADTEST_WS_USERS"] = str(ws_users)
         else:
@@ -307,8 +381,8 @@ class Command(BaseCommand):
         if options["html"]:
             cmd += ["--html", options["html"]]
         self.stdout.write(
-            f"Load test: {users} users ({ws_users} with a socket) on {url}, project "
-            f"{project_id}, spawn {spawn_rate:g}/s, {duration:g} s, socket messages "
+            f"Load test: {users} users ({ws_users} with a socket) on {url}, "
+            f"{where}, spawn {spawn_rate:g}/s, {duration:g} s, socket messages "
             f"{rate:g}/s" + (f" (one per socket every {interval:.2f} s)" if interval else "")
         )
         self.stdout.flush()
@@ -402,6 +476,7 @@ class Command(BaseCommand):
         ]
         self.stdout.write("")
         self.table(("Metric", "Target", "Measured", "Status"), rows)
+        self.stdout.write(f"projects: {summary.get('projects', 1)}")
 
         counts = ", ".join(f"{label} {endpoints[key].get('count', 0):,}"
                            for label, key, _ in LATENCY_TARGETS)
@@ -433,6 +508,9 @@ class Command(BaseCommand):
             problems.append(f"socket send errors {summary['send_errors']}")
         if summary["login_failures"]:
             problems.append(f"{summary['login_failures']} sign-in failures")
+        if summary.get("project_discovery_failures"):
+            problems.append(f"{summary['project_discovery_failures']} users found no project "
+                            "of theirs (see --projects)")
         if summary["resyncs"]:
             problems.append(f"{summary['resyncs']} resync_required (gap over the replay limit)")
         if summary.get("hello_seq_zero"):

@@ -81,6 +81,10 @@ Load tests: --loadtest creates users <prefix>0..<prefix>N-1 (prefix "load"
 unless --users-prefix is given), all with --password, all members of one public
 project "{LOAD_PROJECT}" (owned by {DEMO_USERNAME!r}) that gets the --messages;
 no other projects. Example: seed_demo --loadtest --users 1000 --messages 0
+With --loadtest-projects K, the public projects "{LOAD_PROJECT}", "{LOAD_PROJECT} 2", ...
+"{LOAD_PROJECT} K" are created and user i is a member of project i % K only
+(load0 in "{LOAD_PROJECT}", load1 in "{LOAD_PROJECT} 2", ...); the --messages are spread
+over them. Example: seed_demo --loadtest --users 500 --loadtest-projects 25 --messages 0
 
 Passwords are hashed with the configured hasher: seed with the same
 FAST_PASSWORD_HASHER setting as the server that will check them.
@@ -138,6 +142,11 @@ def project_names(count):
     names = PROJECT_NAMES[:count]
     names += [f"Project {i}" for i in range(len(names) + 1, count + 1)]
     return names
+
+
+def load_project_names(count):
+    """"Load", "Load 2", ... "Load <count>": the projects of --loadtest-projects."""
+    return [LOAD_PROJECT] + [f"{LOAD_PROJECT} {i}" for i in range(2, count + 1)]
 
 
 def split_evenly(total, parts):
@@ -210,6 +219,14 @@ class Command(BaseCommand):
             action="store_true",
             help=f"create <prefix>0..<prefix>N-1, all members of project {LOAD_PROJECT!r}",
         )
+        parser.add_argument(
+            "--loadtest-projects",
+            type=int,
+            default=1,
+            metavar="K",
+            help=f"with --loadtest: projects {LOAD_PROJECT!r}, '{LOAD_PROJECT} 2', ... "
+            f"'{LOAD_PROJECT} K'; user i joins project i %% K only (default 1)",
+        )
 
     def handle(self, *args, **options):
         started = time.monotonic()
@@ -219,6 +236,9 @@ class Command(BaseCommand):
         if options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1")
         members_per_project = options["members_per_project"]
+        load_projects = options["loadtest_projects"]
+        if load_projects < 1:
+            raise CommandError("--loadtest-projects must be at least 1")
         if members_per_project is not None and members_per_project < 1:
             raise CommandError("--members-per-project must be at least 1 (demo)")
 
@@ -226,7 +246,11 @@ class Command(BaseCommand):
         prefix = options["users_prefix"] or ("load" if loadtest else "user")
         first = 0 if loadtest else 1
         usernames = [f"{prefix}{i}" for i in range(first, first + options["users"])]
-        names = [LOAD_PROJECT] if loadtest else project_names(options["projects"])
+        names = (
+            load_project_names(load_projects)
+            if loadtest
+            else project_names(options["projects"])
+        )
         if loadtest:
             members_per_project = None
         self.batch_size = options["batch_size"]
@@ -242,7 +266,12 @@ class Command(BaseCommand):
             users_created += demo_created
             projects, projects_created = self.ensure_projects(demo_id, names)
             members_created = self.ensure_memberships(
-                demo_id, user_ids, projects, members_per_project, admins=not loadtest
+                demo_id,
+                user_ids,
+                projects,
+                members_per_project,
+                admins=not loadtest,
+                round_robin=loadtest,
             )
         messages_created = self.ensure_messages(
             projects, options["messages"], options["days"]
@@ -340,8 +369,14 @@ class Command(BaseCommand):
             found = existing()
         return [found[name] for name in names], len(missing)
 
-    def ensure_memberships(self, demo_id, user_ids, projects, per_project, admins):
-        """Add the missing memberships; demo owns, the first other member admins."""
+    def ensure_memberships(
+        self, demo_id, user_ids, projects, per_project, admins, round_robin=False
+    ):
+        """Add the missing memberships; demo owns, the first other member admins.
+
+        round_robin (--loadtest): the i-th user joins project i % len(projects)
+        only; with one project that is every user.
+        """
         existing = set(
             Membership.objects.filter(project__in=projects).values_list(
                 "project_id", "user_id"
@@ -350,7 +385,13 @@ class Command(BaseCommand):
         others = [pk for pk in user_ids if pk != demo_id]
         rows = []
         for index, project in enumerate(projects):
-            if per_project is None or per_project - 1 >= len(others):
+            if round_robin:
+                chosen = [
+                    pk
+                    for i, pk in enumerate(user_ids)
+                    if i % len(projects) == index and pk != demo_id
+                ]
+            elif per_project is None or per_project - 1 >= len(others):
                 chosen = others
             else:
                 # A different window of users per project, so memberships overlap.
