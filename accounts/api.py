@@ -35,7 +35,11 @@ def login_view(request, payload: LoginIn):
     ip = client_ip(request)
     if is_login_blocked(ip, payload.username):
         raise RateLimited("Too many failed sign-ins; wait a minute.", retry_after=retry_after())
-    user = authenticate(request, username=payload.username, password=payload.password)
+    user = None
+    # PostgreSQL text cannot hold NUL: such a name matches no user, so it is
+    # a failed sign-in, not a database error.
+    if "\x00" not in payload.username:
+        user = authenticate(request, username=payload.username, password=payload.password)
     if user is None:
         record_login_failure(ip, payload.username)
         raise NotAuthenticated("Wrong username or password.", code="bad_credentials")

@@ -21,17 +21,25 @@ def retry_after():
 
 def is_login_blocked(ip, username):
     """Whether this IP or username used up its failures in this minute."""
-    counts = cache.get_many(_keys(ip, username))
+    from chatsite.cache import safe_get_many
+
+    # Fails open: while Redis is down nobody is throttled, rather than nobody
+    # can sign in (tests/test_reliability_faults.py signs in during an outage).
+    counts = safe_get_many(_keys(ip, username))
     return any(int(n) >= settings.LOGIN_FAILURE_LIMIT for n in counts.values())
 
 
 def record_login_failure(ip, username):
     for key in _keys(ip, username):
         try:
-            cache.add(key, 0, WINDOW_SECONDS + 1)
-            cache.incr(key)
-        except ValueError:
-            cache.set(key, 1, WINDOW_SECONDS + 1)
+            try:
+                cache.add(key, 0, WINDOW_SECONDS + 1)
+                cache.incr(key)
+            except ValueError:
+                cache.set(key, 1, WINDOW_SECONDS + 1)
+        except Exception:  # noqa: BLE001 - a cache outage must not fail the sign-in
+            logger.warning("event=login_throttle_unavailable", exc_info=True)
+            return
 
 
 def client_ip(request):

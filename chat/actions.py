@@ -13,10 +13,18 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from chat import broadcast
-from chat.models import Message
+from chat.mentions import find_mentions
+from chat.models import Mention, Message
 from chatsite.cache import bump_version
 from chatsite.errors import Conflict, Invalid
 from projects.access import access_project
+from projects.models import Membership
+
+# `@all` writes one row per member inside the send's transaction, which holds
+# the project row lock: past this many members it is refused rather than
+# making every other sender in the project wait on a large insert.
+MENTION_ALL_MAX_MEMBERS = 1000
+MENTION_BATCH_SIZE = 500
 
 
 def notify_change(message):
@@ -104,6 +112,7 @@ def do_send_message(user, project_id, content, client_msg_id=None):
                 changed_seq=seq,
                 client_msg_id=client_msg_id,
             )
+            record_mentions(message, content)
             notify_change(message)
     except IntegrityError:
         # A concurrent send with the same client_msg_id won; its row is the answer.
@@ -120,10 +129,12 @@ def do_edit_message(message, content):
     """Replace a message's content under the project's next number."""
     with transaction.atomic():
         seq = take_next_seq(message.project_id)
+        old_content = message.content
         message.content = content
         message.changed_seq = seq
         message.edited_at = timezone.now()
         message.save(update_fields=["content", "changed_seq", "edited_at", "updated_at"])
+        replace_mentions(message, old_content, content)
         notify_change(message)
     return message
 
@@ -132,9 +143,80 @@ def do_delete_message(message):
     """Leave a tombstone in the message's place under the project's next number."""
     with transaction.atomic():
         seq = take_next_seq(message.project_id)
+        if "@" in message.content:
+            Mention.objects.filter(message_id=message.pk).delete()
         message.content = ""
         message.changed_seq = seq
         message.deleted_at = timezone.now()
         message.save(update_fields=["content", "changed_seq", "deleted_at", "updated_at"])
         notify_change(message)
     return message
+
+
+# --- mentions ----------------------------------------------------------------------
+
+
+def get_mentioned_user_ids(message, content):
+    """Return the ids of the project's members that content mentions, author excluded.
+
+    No query when content names nobody; else one. Raises Invalid for `@all`
+    when the project has more than MENTION_ALL_MAX_MEMBERS members besides
+    the author.
+    """
+    names, everyone = find_mentions(content)
+    if not names and not everyone:
+        return []
+    members = Membership.objects.filter(project_id=message.project_id).exclude(
+        user_id=message.author_id
+    )
+    if not everyone:
+        members = members.filter(user__username__in=names)
+    user_ids = list(
+        members.order_by("user_id").values_list("user_id", flat=True)[
+            : MENTION_ALL_MAX_MEMBERS + 1
+        ]
+    )
+    if len(user_ids) > MENTION_ALL_MAX_MEMBERS:
+        raise Invalid(
+            f"@all notifies at most {MENTION_ALL_MAX_MEMBERS} people; "
+            "this project has more members: mention them by name.",
+            fields={"content": "mention_all_too_many"},
+        )
+    return user_ids
+
+
+def record_mentions(message, content):
+    """Record the mentions of a new message. Call inside its transaction."""
+    _insert_mentions(message, get_mentioned_user_ids(message, content))
+
+
+def replace_mentions(message, old_content, content):
+    """Make an edited message's mentions match its new text. Call inside its transaction.
+
+    Users mentioned before and after keep their mention (and its time), so an
+    edit does not make an old mention look new; no query when neither text
+    has an `@`.
+    """
+    if "@" not in old_content and "@" not in content:
+        return
+    user_ids = get_mentioned_user_ids(message, content)
+    if "@" in old_content:
+        Mention.objects.filter(message_id=message.pk).exclude(user_id__in=user_ids).delete()
+    _insert_mentions(message, user_ids, ignore_conflicts=True)
+
+
+def _insert_mentions(message, user_ids, *, ignore_conflicts=False):
+    if not user_ids:
+        return
+    now = timezone.now()
+    Mention.objects.bulk_create(
+        [
+            Mention(
+                message_id=message.pk, user_id=user_id, project_id=message.project_id,
+                seq=message.seq, created_at=now,
+            )
+            for user_id in user_ids
+        ],
+        batch_size=MENTION_BATCH_SIZE,
+        ignore_conflicts=ignore_conflicts,
+    )

@@ -216,4 +216,8 @@ class MessageAdmin(admin.ModelAdmin):
         # Only the content is editable; the edit goes through chat.actions so it
         # takes the project's next number and is broadcast like an author's.
         if change and "content" in form.changed_data:
-            do_edit_message(obj, obj.content)
+            # The form already put the new text on obj; the action needs the
+            # stored one too (it rewrites the message's mentions from both).
+            content = obj.content
+            obj.content = form.initial.get("content", "")
+            do_edit_message(obj, content)

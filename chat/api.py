@@ -1,5 +1,6 @@
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
 from django.utils import timezone
 from ninja import Router, Schema
@@ -7,13 +8,23 @@ from ninja.security import django_auth
 
 from chat import actions, selectors
 from chat.search import search_messages
-from chat.serializers import serialize_message, serialize_messages
-from chatsite.api import parse_positive_int
+from chat.serializers import serialize_mention, serialize_message, serialize_messages
+from chatsite.api import api, error_response, parse_positive_int
 from chatsite.errors import BadRequest, Forbidden, NotFound
 from projects.access import access_project
 from projects.api import page_params
 
 router = Router(tags=["messages"], auth=django_auth)
+
+
+# Django raises RequestDataTooBig when a body over DATA_UPLOAD_MAX_MEMORY_SIZE is
+# read; ninja's catch-all handler would turn it into a 500. Registered here (the
+# router that takes the largest bodies) until chatsite/api.py carries it.
+@api.exception_handler(RequestDataTooBig)
+def on_body_too_big(request, exc):
+    return error_response(request, 413, "too_large", "The request body is too large.")
+
+
 MAX_CURSOR_LIMIT = 200
 
 
@@ -51,6 +62,22 @@ def project_messages(request, project_id: int):
     return json_body(selectors.get_history_body(
         request.user, project_id, before=before, after=after, limit=limit
     ))
+
+
+@router.get("/mentions")
+def list_mentions(request):
+    """My mentions in my projects, newest first; `before` is a mention id (cursor)."""
+    before = request.GET.get("before")
+    before = None if before in (None, "") else parse_positive_int(before, "before")
+    limit = parse_positive_int(request.GET.get("limit"), "limit", default=50)
+    limit = min(limit, MAX_CURSOR_LIMIT)
+    rows, has_more = selectors.get_user_mentions(request.user, before=before, limit=limit)
+    next_cursor = rows[-1].pk if has_more and rows else None
+    return {
+        "items": [serialize_mention(m) for m in rows],
+        "has_more": has_more,
+        "next_cursor": next_cursor,
+    }
 
 
 def json_body(body):
@@ -119,6 +146,8 @@ def search(request):
     query = (request.GET.get("q") or "").strip()
     if not query:
         raise BadRequest("q is required.", fields={"q": "required"})
+    if "\x00" in query:
+        raise BadRequest("q cannot contain NUL characters.", fields={"q": "nul"})
     project_id = request.GET.get("project_id")
     project_id = None if project_id in (None, "") else parse_positive_int(project_id, "project_id")
     before = request.GET.get("before")

@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class Message(models.Model):
@@ -51,3 +52,52 @@ class Message(models.Model):
     @property
     def is_deleted(self):
         return self.deleted_at is not None
+
+
+class Mention(models.Model):
+    """A user named in a message: `@username`, or every member but the author for `@all`.
+
+    Rows are written with the message (chat.actions) and rewritten when it is
+    edited; a deleted message's mentions are removed with its content, and
+    every read also skips deleted messages.
+    """
+
+    # Served by uniq_mention_message_user, which leads with message.
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, related_name="mentions", db_index=False
+    )
+    # Served by the indexes below, which lead with user.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mentions",
+        db_index=False,
+    )
+    # No index of its own: every read comes by user first. Only deleting a
+    # project (an admin action; projects are normally deactivated) looks rows
+    # up by project, with one scan of this table.
+    project = models.ForeignKey(
+        "projects.Project", on_delete=models.CASCADE, related_name="mentions",
+        db_index=False,
+    )
+    # The message's seq, copied (a message never changes its place), so the
+    # unread-mention count is a range of one index, as unread_count is.
+    seq = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            # Serves "my mentions, newest first" (GET /api/mentions).
+            models.Index(fields=["user", "created_at"], name="idx_mention_user_created"),
+            # Serves the unread-mention count of the project list
+            # (user, project, seq > last_read_seq).
+            models.Index(
+                fields=["user", "project", "seq"], name="idx_mention_user_project_seq"
+            ),
+        ]
+        constraints = [
+            # One mention per user and message; serves rewriting a message's
+            # mentions on edit and delete (by message).
+            models.UniqueConstraint(fields=["message", "user"], name="uniq_mention_message_user"),
+        ]
+
+    def __str__(self):
+        return f"@{self.user_id} in {self.message_id}"

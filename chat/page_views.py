@@ -16,6 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from chat import selectors
 from chat.actions import check_send_message
+from chat.mentions import split_mentions
 from chat.search import search_messages
 from chat.serializers import serialize_messages, serialize_user
 from chatsite.errors import ChatError, Forbidden, NotFound
@@ -103,6 +104,14 @@ def render_project(request, project, membership, *, error=None, draft="", status
     )
     rows.reverse()  # oldest at the top
     chat_messages = serialize_messages(rows)
+    for message in chat_messages:
+        # `@me` and `@all` in others' messages are highlighted for the reader
+        # (chat.js does the same for live messages); None renders the content
+        # as it is.
+        if message["user"]["id"] != request.user.pk:
+            message["mention_parts"] = split_mentions(
+                message["content"], request.user.username
+            )
 
     last_read_seq = membership.last_read_seq
     first_unread_seq = next(
@@ -118,6 +127,7 @@ def render_project(request, project, membership, *, error=None, draft="", status
         # JavaScript needs; chat.js reports reads of live messages itself.
         do_mark_read(request.user, project.pk, project.seq)
 
+    member_count = count_members(project)
     state = {
         "projectId": project.pk,
         "projectName": project.name,
@@ -134,6 +144,8 @@ def render_project(request, project, membership, *, error=None, draft="", status
         "role": membership.role,
         "canModerate": membership.role
         in (Membership.Role.OWNER, Membership.Role.ADMIN),
+        # The composer asks before an @all that reaches more than a few people.
+        "memberCount": member_count,
         "messageMaxLength": settings.MESSAGE_MAX_LENGTH,
         "editWindowSeconds": settings.EDIT_WINDOW_SECONDS,
         "projectUrl": reverse("project", args=[project.pk]),
@@ -142,7 +154,7 @@ def render_project(request, project, membership, *, error=None, draft="", status
     context = {
         "project": project,
         "membership": membership,
-        "member_count": count_members(project),
+        "member_count": member_count,
         "chat_messages": chat_messages,
         "has_older": has_older,
         "is_latest": is_latest,

@@ -1,8 +1,9 @@
 """Reads of chat history. History is ordered by seq, never by time or offset."""
 
 import orjson
+from django.db.models import Q, Subquery
 
-from chat.models import Message
+from chat.models import Mention, Message
 from chat.serializers import serialize_messages
 from chatsite.cache import get_slot, make_key
 
@@ -40,7 +41,48 @@ def get_message_page(project_id, *, page, per_page):
     return rows, total
 
 
+def get_user_mentions(user, *, before=None, limit=50):
+    """Return (mentions of the user newest first, has_more), before mention id `before`.
+
+    One query: each mention comes with its message, the message's author and
+    the project joined. Mentions in deleted messages, and in projects the user
+    has left or that were deactivated, are skipped. Ordered by (created_at,
+    id), which idx_mention_user_created serves; `before` is a mention id, and
+    its time is read in the same query.
+    """
+    from projects.models import Membership
+
+    mine = Membership.objects.filter(user_id=user.pk, project__is_active=True).values(
+        "project_id"
+    )
+    qs = Mention.objects.filter(
+        user_id=user.pk, project_id__in=mine, message__deleted_at__isnull=True
+    )
+    if before is not None:
+        cursor = Mention.objects.filter(pk=before, user_id=user.pk).values("created_at")[:1]
+        qs = qs.filter(
+            Q(created_at__lt=Subquery(cursor))
+            | Q(created_at=Subquery(cursor), pk__lt=before)
+        )
+    rows = list(
+        qs.select_related("message", "message__author", "project")
+        .only(
+            "id", "created_at", "project_id", "project__id", "project__name",
+            "message__id", "message__project_id", "message__seq", "message__changed_seq",
+            "message__content", "message__created_at", "message__edited_at",
+            "message__deleted_at", "message__client_msg_id", "message__author_id",
+            "message__author__id", "message__author__username",
+        )
+        .order_by("-created_at", "-id")[: limit + 1]
+    )
+    return rows[:limit], len(rows) > limit
+
+
 def get_message(message_id):
+    from projects.access import MAX_ID
+
+    if isinstance(message_id, int) and not 0 < message_id <= MAX_ID:
+        return None  # no such message (SQLite cannot even compare the number)
     return _messages_by_id().filter(pk=message_id).first()
 
 

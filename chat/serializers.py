@@ -22,11 +22,21 @@ def serialize_messages(messages):
     return [serialize_message(m) for m in messages]
 
 
+def serialize_mention(mention):
+    """Return the message JSON of a mention with `mention_id` and `project_name`."""
+    data = serialize_message(mention.message)
+    data["mention_id"] = mention.pk
+    data["project_name"] = mention.project.name
+    return data
+
+
 def serialize_user(user):
     return {"id": user.pk, "username": user.username}
 
 
-def serialize_project(project, *, membership=None, unread_count=None, member_count=None):
+def serialize_project(
+    project, *, membership=None, unread_count=None, member_count=None, mention_count=None
+):
     data = {
         "id": project.pk,
         "name": project.name,
@@ -42,6 +52,8 @@ def serialize_project(project, *, membership=None, unread_count=None, member_cou
         data["last_read_seq"] = membership.last_read_seq
     if unread_count is not None:
         data["unread_count"] = unread_count
+    if mention_count is not None:
+        data["mention_count"] = mention_count
     if member_count is not None:
         data["member_count"] = member_count
     return data

@@ -3,9 +3,15 @@
 from chatsite.errors import Forbidden, NotFound
 from projects.models import Membership, Project
 
+# Ids are 64-bit; a larger number names nothing (and SQLite raises OverflowError
+# on it instead of finding no row).
+MAX_ID = 2**63 - 1
+
 
 def access_project(user, project_id):
     """Return (project, membership) for a member of an active project, or raise."""
+    if isinstance(project_id, int) and not 0 < project_id <= MAX_ID:
+        raise NotFound("No such project.")
     membership = (
         Membership.objects.select_related("project")
         .filter(user_id=user.pk, project_id=project_id)
@@ -19,6 +25,8 @@ def access_project(user, project_id):
 
 def get_active_project(project_id):
     """Return the active project with this id, or raise NotFound."""
+    if isinstance(project_id, int) and not 0 < project_id <= MAX_ID:
+        raise NotFound("No such project.")
     project = Project.objects.filter(pk=project_id, is_active=True).first()
     if project is None:
         raise NotFound("No such project.")

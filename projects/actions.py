@@ -16,6 +16,10 @@ def check_create_project(owner, *, name, description="", is_private=False):
         raise Invalid("A project needs a name.", fields={"name": "required"})
     if len(name) > 200:
         raise Invalid("Project names are at most 200 characters.", fields={"name": "too_long"})
+    # PostgreSQL text cannot hold NUL; refuse it here rather than fail the insert.
+    if "\x00" in name or "\x00" in (description or ""):
+        field = "name" if "\x00" in name else "description"
+        raise Invalid("NUL characters are not allowed.", fields={field: "nul"})
     return do_create_project(owner, name=name, description=description or "", is_private=is_private)
 
 
@@ -61,6 +65,8 @@ def do_leave_project(user, project_id):
 def do_add_member(actor, project_id, username):
     """An owner or admin adds a user by username."""
     project, _ = access_project_admin(actor, project_id)
+    if "\x00" in username:  # no such user; PostgreSQL cannot even compare it
+        raise NotFound("No such user.", fields={"username": "unknown"})
     user = get_user_model().objects.filter(username=username, is_active=True).first()
     if user is None:
         raise NotFound("No such user.", fields={"username": "unknown"})

@@ -3,15 +3,16 @@
 from django.db.models import Count, IntegerField, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 
-from chat.models import Message
+from chat.models import Mention, Message
 from projects.models import Membership
 
 
 def get_user_memberships(user, *, offset=0, limit=50):
-    """Return the user's memberships in active projects with unread counts.
+    """Return the user's memberships in active projects with unread and mention counts.
 
     One query: the unread count is a correlated subquery served by the
-    (project, seq) unique index, not one query per project.
+    (project, seq) unique index, the unread-mention count one served by
+    idx_mention_user_project_seq -- not one query per project.
     """
     unread = (
         Message.objects.filter(
@@ -25,10 +26,26 @@ def get_user_memberships(user, *, offset=0, limit=50):
         .annotate(n=Count("id"))
         .values("n")
     )
+    # Mentions of the user in messages after the last read one, not deleted.
+    mentions = (
+        Mention.objects.filter(
+            user_id=user.pk,
+            project_id=OuterRef("project_id"),
+            seq__gt=OuterRef("last_read_seq"),
+            message__deleted_at__isnull=True,
+        )
+        .order_by()
+        .values("project_id")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
     return list(
         Membership.objects.filter(user_id=user.pk, project__is_active=True)
         .select_related("project")
-        .annotate(unread_count=Coalesce(Subquery(unread, output_field=IntegerField()), 0))
+        .annotate(
+            unread_count=Coalesce(Subquery(unread, output_field=IntegerField()), 0),
+            mention_count=Coalesce(Subquery(mentions, output_field=IntegerField()), 0),
+        )
         .order_by("project__name", "project_id")[offset : offset + limit]
     )
 
@@ -60,7 +77,7 @@ def get_user_projects_body(user, *, page, per_page):
 
     Its key holds the user's version (bumped on membership changes and reads)
     and the versions of the user's projects (bumped on every change in them),
-    so any change that alters an unread count retires it.
+    so any change that alters an unread or mention count retires it.
     """
     import hashlib
 
@@ -89,7 +106,10 @@ def get_user_projects_body(user, *, page, per_page):
             user, offset=(page - 1) * per_page, limit=per_page
         )
         items = [
-            serialize_project(m.project, membership=m, unread_count=m.unread_count)
+            serialize_project(
+                m.project, membership=m, unread_count=m.unread_count,
+                mention_count=m.mention_count,
+            )
             for m in memberships
         ]
         return orjson.dumps({

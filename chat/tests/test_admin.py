@@ -252,6 +252,21 @@ def test_sequence_fields_are_read_only(client_staff, project, member, send):
     assert message.edited_at is not None and project.seq == 2
 
 
+def test_an_edit_in_admin_rewrites_the_mentions(client_staff, project, owner, member):
+    from chat.actions import do_send_message
+    from chat.models import Mention
+
+    message = do_send_message(member, project.pk, "ping @owner")[0]
+    assert Mention.objects.filter(message=message, user=owner).exists()
+
+    response = client_staff.post(
+        f"/admin/chat/message/{message.pk}/change/", {"content": "moderated"}
+    )
+
+    assert response.status_code == 302
+    assert not Mention.objects.filter(message=message).exists()
+
+
 def test_an_empty_edit_is_refused(client_staff, project, member, send):
     message = send(member, project)[0]
 

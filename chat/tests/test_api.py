@@ -130,6 +130,20 @@ def test_send_query_count_is_constant(
     assert response.json()["seq"] == n_messages + 1
 
 
+@pytest.mark.parametrize("n_members", [2, 40])
+def test_send_with_mentions_query_count_is_constant(
+    n_members, owner, member, make_user, project, client_member, django_assert_num_queries
+):
+    for i in range(n_members - 2):
+        do_join_project(make_user(f"extra{i}"), project.pk)
+    # As a plain send, plus one SELECT of the mentioned members (usernames
+    # joined) and one bulk INSERT of their mentions -- not one per member.
+    with django_assert_num_queries(auth_queries() + 7):
+        response = post_message(client_member, project.pk, "@owner and @all: hi")
+    assert response.status_code == 201
+    assert response.json()["content"] == "@owner and @all: hi"
+
+
 @pytest.mark.parametrize("n_messages", [3, 40])
 def test_send_with_client_msg_id_query_count_is_constant(
     n_messages, owner, member, project, send, client_member, django_assert_num_queries

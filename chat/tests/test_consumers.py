@@ -452,11 +452,11 @@ async def test_client_that_does_not_read_is_closed_4008_others_keep_receiving(
         slow_consumer.writer.cancel()
         slow_consumer.writer = asyncio.get_running_loop().create_task(never_write())
         await send_as(owner, project, 6)
-        _, messages = await collect_messages(fast, 6)
+        _, messages = await collect_messages(fast, 6, timeout=10)
         assert [m["seq"] for m in messages] == [1, 2, 3, 4, 5, 6]
-        out = await slow.receive_output(timeout=2)
+        out = await slow.receive_output(timeout=10)
         while out["type"] == "websocket.send":
-            out = await slow.receive_output(timeout=2)
+            out = await slow.receive_output(timeout=10)
         assert out == {"type": "websocket.close", "code": 4008}
         await slow.disconnect()
         await fast.disconnect()

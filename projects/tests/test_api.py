@@ -3,7 +3,7 @@
 import pytest
 from django.test import Client
 
-from chat.actions import do_delete_message
+from chat.actions import do_delete_message, do_send_message
 from conftest import login_client
 from projects.actions import do_create_project, do_join_project
 from projects.models import Membership, Project
@@ -55,18 +55,20 @@ def test_project_list_query_count_is_constant(
         project = do_create_project(owner, name=f"p{i:03d}")
         do_join_project(member, project.pk)
         send(owner, project, 2)
+        do_send_message(owner, project.pk, "@member look")
     client = login_client(member)
     # auth (cached); the ids of the caller's projects (cached per user version,
     # cold here); one COUNT of memberships for `total`; one SELECT of the page's
-    # memberships with their projects joined and the unread count as a
-    # correlated subquery -- no query per project.
+    # memberships with their projects joined and the unread count and the
+    # unread-mention count as two correlated subqueries -- no query per project.
     with django_assert_num_queries(auth_queries() + 3):
         response = client.get("/api/projects?per_page=100")
     assert response.status_code == 200
     body = response.json()
     assert body["total"] == n_projects
     assert len(body["items"]) == n_projects
-    assert all(item["unread_count"] == 2 for item in body["items"])
+    assert all(item["unread_count"] == 3 for item in body["items"])
+    assert all(item["mention_count"] == 1 for item in body["items"])
 
 
 def test_project_list_shows_only_callers_active_projects(

@@ -70,7 +70,8 @@ def test_home_is_a_constant_number_of_queries(
         do_create_project(owner, name=f"Public {i}")
     # Once the session and the user are in the cache (cached_db sessions,
     # accounts.backends.CachedModelBackend): project count, memberships with
-    # unread counts (one query, a correlated subquery), public projects to join.
+    # unread and mention counts (one query, two correlated subqueries), public
+    # projects to join.
     assert client_member.get("/login").status_code == 302
     with django_assert_num_queries(3):
         response = client_member.get("/")

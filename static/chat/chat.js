@@ -30,6 +30,12 @@
   const BACKOFF_MAX_MS = 15000;
   const CATCH_UP_LIMIT = 200;
   const PAGE_LIMIT = 50;
+  // The pattern of chat/mentions.py: `@` not after a name character, then a
+  // username with dots only inside ("thanks @bob." mentions bob).
+  const MENTION_PATTERN = /(?<![\p{L}\p{N}_.@+\-])@([\p{L}\p{N}_+\-]+(?:\.[\p{L}\p{N}_+\-]+)*)/gu;
+  const MENTION_ALL = "all";
+  // An @all reaching more members than this asks first.
+  const MENTION_ALL_CONFIRM_OVER = 10;
   const FINAL_CLOSE = {
     4401: "You were signed out.",
     4403: "You are no longer a member of this project.",
@@ -166,6 +172,45 @@
     return el;
   }
 
+  function mentionsMe(name) {
+    return name === me.username || name === MENTION_ALL;
+  }
+
+  function mentionsEveryone(text) {
+    for (const match of text.matchAll(MENTION_PATTERN)) {
+      if (match[1] === MENTION_ALL) return true;
+    }
+    return false;
+  }
+
+  /** Whether sending text may go ahead: an @all to many members asks first. */
+  function confirmMentionAll(text) {
+    if (!(state.memberCount > MENTION_ALL_CONFIRM_OVER) || !mentionsEveryone(text)) return true;
+    return window.confirm(
+      `@all notifies all ${state.memberCount - 1} other members of ${state.projectName}. Send it?`,
+    );
+  }
+
+  /** Build a message body from text nodes, @me and @all in a <mark> (never innerHTML). */
+  function renderBody(m) {
+    const body = element("div", "msg-body");
+    const content = m.content;
+    let position = 0;
+    let found = false;
+    // Your own messages mention nobody to you (@all skips its author too).
+    if (m.user.id !== me.id && content.includes("@")) {
+      for (const match of content.matchAll(MENTION_PATTERN)) {
+        if (!mentionsMe(match[1])) continue;
+        found = true;
+        if (match.index > position) body.append(content.slice(position, match.index));
+        body.append(element("mark", "mention mention-me", match[0]));
+        position = match.index + match[0].length;
+      }
+    }
+    if (position < content.length) body.append(content.slice(position));
+    return { body, found };
+  }
+
   function canEdit(m) {
     if (m.deleted || m.user.id !== me.id) return false;
     const age = (Date.now() - new Date(m.created_at).getTime()) / 1000;
@@ -203,7 +248,9 @@
     if (m.deleted) {
       li.append(element("div", "msg-body msg-tombstone", "message deleted"));
     } else {
-      li.append(element("div", "msg-body", m.content));
+      const { body, found } = renderBody(m);
+      if (found) li.classList.add("msg-mentions-me");
+      li.append(body);
     }
     addControls(li, m);
     return li;
@@ -614,6 +661,7 @@
     const submit = async () => {
       const content = area.value.trim();
       if (!content || content === known.data.content) return close();
+      if (!mentionsEveryone(known.data.content) && !confirmMentionAll(content)) return;
       save.disabled = true;
       try {
         const message = await api("PATCH", `/api/messages/${id}`, { content });
@@ -790,6 +838,10 @@
   // ---------------------------------------------------------------- composer
 
   function onComposerSubmit(event) {
+    if (!confirmMentionAll(input.value)) {
+      event.preventDefault();
+      return;
+    }
     // On an older page the form posts normally and lands on the latest page.
     if (!state.isLatest) return;
     event.preventDefault();
