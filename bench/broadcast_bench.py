@@ -41,12 +41,9 @@ import os
 import platform
 import resource
 import shlex
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -286,75 +283,11 @@ def drive_send(args):
 # --- servers, CPU ----------------------------------------------------------------------
 
 
-class AppServer:
-    """One uvicorn worker on loopback; the same flags as tests/live.py LiveServer."""
+def AppServer(env, app):  # noqa: N802 - kept as the name the bench uses
+    """One uvicorn worker on loopback: tests/live.py's LiveServer for any ASGI app."""
+    from tests.live import LiveServer
 
-    def __init__(self, env, app):
-        from tests.live import free_port
-
-        self.env, self.app, self.port = env, app, free_port()
-        self.proc = None
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self):
-        return f"ws://127.0.0.1:{self.port}"
-
-    def start(self, timeout=60):
-        from tests.live import VENV_BIN
-
-        cmd = [
-            str(VENV_BIN / "uvicorn"), self.app,
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--workers", "1", "--ws", "websockets",
-            "--ws-max-size", "65536", "--no-access-log", "--log-level", "warning",
-        ]
-        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept for the server's lifetime
-            prefix="bench-server-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.output()[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("server did not become healthy")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-
-    def output(self):
-        return Path(self.log.name).read_text(errors="replace")
-
-    def cpu_seconds(self):
-        """utime+stime of every process in the server's process group."""
-        total = 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                text = stat.read_text()
-            except OSError:
-                continue
-            fields = text[text.rindex(")") + 2:].split()
-            # fields[0] is field 3 (state); pgrp is field 5, utime 14, stime 15.
-            if int(fields[2]) == self.proc.pid:
-                total += int(fields[11]) + int(fields[12])
-        return total / CLK_TCK
+    return LiveServer(env, app=app)
 
 
 def redis_cpu_seconds(url):

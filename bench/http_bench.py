@@ -43,23 +43,6 @@ def wrk(url, cookie=None, *, duration, connections=64, threads=2, headers=()):
             "errors": int(non2xx.group(1)) if non2xx else 0, "raw": out}
 
 
-def cpu_seconds(pid):
-    """utime + stime of a process and its children (seconds)."""
-    total = 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
-
-
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -82,11 +65,11 @@ class Bench:
         session = login(server.url, "user1", LOAD_PASSWORD) if cookie else None
         url = server.url + path
         wrk(url, cookie_header(session) if session else None, duration=2, headers=headers)
-        before = cpu_seconds(server.proc.pid)
+        before = server.cpu_seconds()
         result = wrk(url, cookie_header(session) if session else None,
                      duration=self.args.duration, headers=headers)
         result["cpu_ms_per_req"] = (
-            (cpu_seconds(server.proc.pid) - before) * 1000
+            (server.cpu_seconds() - before) * 1000
             / max(1, result["rps"] * self.args.duration)
         )
         result["label"] = label or path

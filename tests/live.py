@@ -128,8 +128,11 @@ def create_users_and_project(env, usernames, project_name="Live", private=False)
 class LiveServer:
     """One uvicorn process serving chatsite.asgi on loopback."""
 
-    def __init__(self, env, *, port=None, workers=1, extra_env=None):
+    app = "chatsite.asgi:application"
+
+    def __init__(self, env, *, port=None, workers=1, extra_env=None, app=None):
         self.port = port or free_port()
+        self.app = app or self.app
         self.env = dict(env, **(extra_env or {}))
         self.workers = workers
         self.proc = None
@@ -144,7 +147,7 @@ class LiveServer:
 
     def start(self, timeout=30):
         cmd = [
-            str(VENV_BIN / "uvicorn"), "chatsite.asgi:application",
+            str(VENV_BIN / "uvicorn"), self.app,
             "--host", "127.0.0.1", "--port", str(self.port),
             "--workers", str(self.workers), "--ws", "websockets",
             "--ws-max-size", "65536", "--timeout-keep-alive", "30",
@@ -183,6 +186,21 @@ class LiveServer:
 
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(5)
+
+    def cpu_seconds(self):
+        """utime + stime of every process in the server's process group."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()
+            # fields[0] is field 3 (state); pgrp is field 5, utime 14, stime 15.
+            if int(fields[2]) == self.proc.pid:
+                total += int(fields[11]) + int(fields[12])
+        return total / ticks
 
     def output(self):
         return Path(self.log.name).read_text()
