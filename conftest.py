@@ -155,3 +155,25 @@ def _fast_password_hasher():
     override.enable()
     yield
     override.disable()
+
+
+def auth_queries():
+    """Queries a signed-in request spends before the view runs: none.
+
+    The session comes from the cache (cached_db sessions) and the user from the
+    cache (accounts.backends.CachedModelBackend), warmed by the client fixtures.
+    """
+    return 0
+
+
+def assert_error(response, status, code=None):
+    """Assert the single error shape of SPEC §4 and return its inner object."""
+    assert response.status_code == status, response.content
+    assert response["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert list(body) == ["error"]
+    assert set(body["error"]) == {"code", "message", "fields"}
+    assert body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code
+    return body["error"]

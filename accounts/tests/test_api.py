@@ -6,17 +6,11 @@ import pytest
 from django.test import Client
 
 from accounts import ratelimit
+from conftest import assert_error
 
 # A fixed instant inside one throttling window, so that a run never straddles
 # the minute boundary (the limiter counts per calendar minute).
 FIXED_NOW = 1_700_000_000.0  # 20 s into its minute
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    # conftest's FAST_PASSWORD_HASHER is read after settings are loaded, so it
-    # has no effect; sign-in cost is not what these tests measure.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
@@ -25,19 +19,6 @@ def frozen_throttle_clock(monkeypatch):
     monkeypatch.setattr(
         ratelimit, "time", types.SimpleNamespace(time=lambda: FIXED_NOW)
     )
-
-
-def assert_error(response, status, code=None):
-    """Assert the single error shape of SPEC §4 and return its inner object."""
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].startswith("application/json")
-    body = response.json()
-    assert list(body) == ["error"]
-    assert set(body["error"]) == {"code", "message", "fields"}
-    assert body["error"]["message"]
-    if code is not None:
-        assert body["error"]["code"] == code
-    return body["error"]
 
 
 def login(client, username, password, ip="127.0.0.1"):
@@ -215,7 +196,7 @@ def test_logout_is_204_and_ends_the_session(client_member):
 
 
 def test_logout_without_csrf_token_is_refused(member):
-    from conftest import login_client
+    from conftest import assert_error, login_client
 
     client = login_client(member, enforce_csrf=True)
     assert_error(client.post("/api/auth/logout"), 403, "csrf_failed")

@@ -4,38 +4,9 @@ import pytest
 from django.test import Client
 
 from chat.actions import do_delete_message, do_send_message
-from conftest import login_client
+from conftest import assert_error, auth_queries, login_client
 from projects.actions import do_create_project, do_join_project
 from projects.models import Membership, Project
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    # conftest's FAST_PASSWORD_HASHER is read after settings are loaded, so it
-    # has no effect; password hashing is not what these tests measure.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def auth_queries():
-    """Queries a signed-in request spends before the view runs: none.
-
-    The session comes from the cache (cached_db sessions) and the user from the
-    cache (accounts.backends.CachedModelBackend), warmed by the client fixtures.
-    """
-    return 0
-
-
-def assert_error(response, status, code=None):
-    """Assert the single error shape of SPEC §4 and return its inner object."""
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].startswith("application/json")
-    body = response.json()
-    assert list(body) == ["error"]
-    assert set(body["error"]) == {"code", "message", "fields"}
-    assert body["error"]["message"]
-    if code is not None:
-        assert body["error"]["code"] == code
-    return body["error"]
 
 
 def post_json(client, path, data=None, **extra):
