@@ -1,6 +1,6 @@
+"""The messages API: history (page-numbered and cursor), send, edit, delete, search."""
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
 from django.utils import timezone
 from ninja import Router, Schema
@@ -9,20 +9,12 @@ from ninja.security import django_auth
 from chat import actions, selectors
 from chat.search import search_messages
 from chat.serializers import serialize_mention, serialize_message, serialize_messages
-from chatsite.api import api, error_response, parse_positive_int
+from chatsite.api import parse_positive_int
 from chatsite.errors import BadRequest, Forbidden, NotFound
 from projects.access import access_project
 from projects.api import page_params
 
 router = Router(tags=["messages"], auth=django_auth)
-
-
-# Django raises RequestDataTooBig when a body over DATA_UPLOAD_MAX_MEMORY_SIZE is
-# read; ninja's catch-all handler would turn it into a 500. Registered here (the
-# router that takes the largest bodies) until chatsite/api.py carries it.
-@api.exception_handler(RequestDataTooBig)
-def on_body_too_big(request, exc):
-    return error_response(request, 413, "too_large", "The request body is too large.")
 
 
 MAX_CURSOR_LIMIT = 200

@@ -3,6 +3,7 @@
 import logging
 
 import orjson
+from django.core.exceptions import RequestDataTooBig
 from django.db import OperationalError
 from django.http import Http404
 from ninja import NinjaAPI
@@ -92,6 +93,12 @@ def on_validation_error(request, exc):
 @api.exception_handler(Http404)
 def on_404(request, exc):
     return error_response(request, 404, "not_found", "Not found.")
+
+
+@api.exception_handler(RequestDataTooBig)
+def on_body_too_big(request, exc):
+    # Raised when a body over DATA_UPLOAD_MAX_MEMORY_SIZE is read; not a 500.
+    return error_response(request, 413, "too_large", "The request body is too large.")
 
 
 @api.exception_handler(OperationalError)
