@@ -75,6 +75,7 @@ MIDDLEWARE = [
     "chatsite.middleware.DatabaseUnavailableMiddleware",
     "chatsite.compression.CompressionMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "chat.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -36,7 +36,7 @@ def open_page(browser, server, project_id, username):
     page.fill("#id_password", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(f"{server.url}/projects/{project_id}/")
-    page.wait_for_function("window.chatClient && window.chatClient.connected", timeout=10000)
+    page.wait_for_function("() => window.chatClient && window.chatClient.connected", timeout=10000)
     return page
 
 
@@ -59,7 +59,7 @@ def test_two_users_talk_live_edit_delete_and_survive_a_server_restart(chat_serve
         bob.fill("#composer-input", text)
         bob.press("#composer-input", "Enter")
         alice.wait_for_selector(f".msg-body:has-text('{text}')", timeout=5000)
-        bob.wait_for_function("window.chatClient.pendingCount === 0", timeout=5000)
+        bob.wait_for_function("() => window.chatClient.pendingCount === 0", timeout=5000)
         time.sleep(0.5)
         assert copies(alice, text) == 1
         assert copies(bob, text) == 1
@@ -83,13 +83,13 @@ def test_two_users_talk_live_edit_delete_and_survive_a_server_restart(chat_serve
         mine.hover()
         mine.get_by_role("button", name="Delete message").click()
         bob.wait_for_function(
-            f"!document.body.innerText.includes('fixed {stamp}')", timeout=5000
+            f"() => !document.body.innerText.includes('fixed {stamp}')", timeout=5000
         )
         assert bob.locator(".msg-tombstone").count() >= 1
 
         # The server goes away and comes back; what was sent meanwhile shows up once.
         server.stop()
-        alice.wait_for_function("!window.chatClient.connected", timeout=10000)
+        alice.wait_for_function("() => !window.chatClient.connected", timeout=10000)
         assert alice.locator("#offline-banner").is_visible()
         server.start()
         session = login(server.url, "bob")
@@ -97,7 +97,7 @@ def test_two_users_talk_live_edit_delete_and_survive_a_server_restart(chat_serve
             assert post_message(session, project_id, f"meanwhile {stamp} {i}").status_code == 201
         for i in range(3):
             alice.wait_for_selector(f".msg-body:has-text('meanwhile {stamp} {i}')", timeout=20000)
-        alice.wait_for_function("window.chatClient.connected", timeout=20000)
+        alice.wait_for_function("() => window.chatClient.connected", timeout=20000)
         time.sleep(0.5)
         assert [copies(alice, f"meanwhile {stamp} {i}") for i in range(3)] == [1, 1, 1]
         assert not alice.locator("#offline-banner").is_visible()
