@@ -1,0 +1,75 @@
+"""The SPEC §8 targets run: the production server on PostgreSQL + Redis, locust on the same box.
+
+Usage:
+    .venv/bin/python bench/loadtest_targets.py [--users 500] [--projects 25]
+        [--duration 60] [--message-rate 120] [--workers 2]
+
+Starts `uvicorn chatsite.asgi` (one worker per core) on a fresh database, seeds
+the load-test users with `seed_demo --loadtest`, and runs `manage.py loadtest`,
+which prints the targets tables. Loopback only; bounded by --duration.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DATABASE_URL", "postgres://root@127.0.0.1:5432/postgres")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+from tests.live import LiveServer, make_live_env, run_manage  # noqa: E402
+
+PASSWORD = "load-pass-123"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--users", type=int, default=500)
+    parser.add_argument("--projects", type=int, default=25)
+    parser.add_argument("--duration", type=int, default=60)
+    parser.add_argument("--message-rate", type=float, default=120)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--spawn-rate", type=int, default=50)
+    parser.add_argument("--think-time", default=None, help="MIN,MAX seconds between HTTP tasks")
+    parser.add_argument("--extra", nargs="*", default=[], help="KEY=VALUE server settings")
+    args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.extra)
+    env, close = make_live_env(extra)
+    server = None
+    try:
+        run_manage(env, "seed_demo", "--loadtest", "--users", str(args.users),
+                   "--loadtest-projects", str(args.projects), "--messages", "2000",
+                   "--password", PASSWORD, timeout=600)
+        server = LiveServer(env, workers=args.workers).start()
+        before = server.cpu_seconds()
+        started = time.monotonic()
+        cmd = [sys.executable, "manage.py", "loadtest", "--url", server.url,
+               "--users", str(args.users), "--spawn-rate", str(args.spawn_rate),
+               "--duration", str(args.duration), "--projects", str(args.projects),
+               "--password", PASSWORD, "--message-rate", str(args.message_rate),
+               "--quiet-locust"]
+        if args.think_time:
+            cmd += ["--think-time", args.think_time]
+        print("$", " ".join(cmd[1:]), flush=True)
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True,
+                              timeout=args.duration + 600)
+        elapsed = time.monotonic() - started
+        print(proc.stdout)
+        print(proc.stderr[-3000:], file=sys.stderr)
+        cpu = server.cpu_seconds() - before
+        print(f"server CPU: {cpu:.1f} s over {elapsed:.0f} s = {cpu / elapsed * 100:.0f}% of one "
+              f"core ({args.workers} workers); load average now {os.getloadavg()}")
+        errors = [line for line in server.output().splitlines() if "Traceback" in line]
+        print(f"server tracebacks: {len(errors)}")
+    finally:
+        if server is not None:
+            server.stop()
+        close()
+
+
+if __name__ == "__main__":
+    main()
