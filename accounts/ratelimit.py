@@ -1,5 +1,6 @@
 """Login throttling: failures a minute per IP and per username, in the cache."""
 
+import hashlib
 import logging
 import time
 
@@ -12,7 +13,9 @@ WINDOW_SECONDS = 60
 
 def _keys(ip, username):
     window = int(time.time() // WINDOW_SECONDS)
-    return [f"login-fail:ip:{ip}:{window}", f"login-fail:user:{username.lower()[:150]}:{window}"]
+    # Usernames are user input (spaces, control characters): hash them into the key.
+    user = hashlib.blake2b(username.lower().encode("utf-8", "replace"), digest_size=12)
+    return [f"login-fail:ip:{ip}:{window}", f"login-fail:user:{user.hexdigest()}:{window}"]
 
 
 def retry_after():
