@@ -66,14 +66,35 @@ class Bench:
         url = server.url + path
         wrk(url, cookie_header(session) if session else None, duration=2, headers=headers)
         before = server.cpu_seconds()
+        import threading
+
+        sampled = []
+        sampler = threading.Timer(self.args.duration / 2,
+                                  lambda: sampled.append(self.open_connections()))
+        sampler.start()
         result = wrk(url, cookie_header(session) if session else None,
                      duration=self.args.duration, headers=headers)
+        sampler.join()
+        result["connections"] = sampled[0] if sampled else None
         result["cpu_ms_per_req"] = (
             (server.cpu_seconds() - before) * 1000
             / max(1, result["rps"] * self.args.duration)
         )
         result["label"] = label or path
         return result
+
+    def open_connections(self):
+        """Connections the server holds to its database right now (pg_stat_activity)."""
+        import psycopg
+
+        url = self.env["DATABASE_URL"]
+        if not url.startswith("postgres"):
+            return None
+        name = url.rsplit("/", 1)[1]
+        with psycopg.connect(url) as conn:
+            return conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                "pg_backend_pid()", [name]).fetchone()[0]
 
     def project_id(self, server, name="General"):
         session = login(server.url, "user1", LOAD_PASSWORD)
@@ -83,11 +104,12 @@ class Bench:
 
 def table(title, rows, command):
     lines = [f"### {title}", "", f"Command: `{command}`", "",
-             "| variant | req/s | p50 | p90 | p99 | non-2xx | server CPU ms/req |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| variant | req/s | p50 | p90 | p99 | non-2xx | server CPU ms/req "
+             "| DB connections open (mid-run) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['label']} | {r['rps']:,.0f} | {r['p50']} | {r['p90']} | {r['p99']} "
-                     f"| {r['errors']} | {r['cpu_ms_per_req']:.3f} |")
+                     f"| {r['errors']} | {r['cpu_ms_per_req']:.3f} | {r.get('connections')} |")
     return "\n".join(lines) + "\n"
 
 
