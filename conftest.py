@@ -177,3 +177,18 @@ def assert_error(response, status, code=None):
     if code is not None:
         assert body["error"]["code"] == code
     return body["error"]
+
+
+@pytest.fixture
+def published(monkeypatch):
+    """Record what reaches the bus (from any thread), decoded, instead of publishing it."""
+    import orjson
+
+    from chat import broadcast
+
+    events = []  # list.append is atomic: safe from concurrent sender threads
+    monkeypatch.setattr(
+        broadcast, "publish",
+        lambda project_id, data: events.append((project_id, orjson.loads(data))),
+    )
+    return events

@@ -2,34 +2,14 @@
 
 import uuid
 
-import orjson
 import pytest
 from django.db import transaction
 
-from chat import actions, broadcast
+from chat import actions
 from chat.models import Message
 from chatsite.errors import Conflict, Forbidden, Invalid, NotFound
 from projects.actions import do_create_project
 from projects.models import Project
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    # conftest's FAST_PASSWORD_HASHER is read after settings are loaded, so it
-    # has no effect; password hashing is not what these tests measure.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def published(monkeypatch):
-    """Record what reaches the bus, decoded, instead of publishing it."""
-    events = []
-    monkeypatch.setattr(
-        broadcast,
-        "publish",
-        lambda project_id, data: events.append((project_id, orjson.loads(data))),
-    )
-    return events
 
 
 def project_seq(project):

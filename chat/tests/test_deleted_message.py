@@ -2,16 +2,10 @@
 and page-numbered APIs (their cached bodies included), the project page, search and
 mentions."""
 
-import pytest
 
 from conftest import login_client
 
 SECRET = "zebra-launch-code-4471"
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def test_deleted_content_is_gone_from_api_page_search_and_cache(

@@ -14,11 +14,6 @@ from projects.actions import do_create_project, do_join_project, do_mark_read
 from projects.models import Project
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def mentioned(message):
     return set(
         Mention.objects.filter(message=message).values_list("user__username", flat=True)

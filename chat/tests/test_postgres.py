@@ -8,33 +8,12 @@ import pytest
 from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 
-from chat import actions, broadcast, selectors
+from chat import actions, selectors
 from chat.models import Message
 from projects.actions import do_create_project, do_join_project
 from projects.models import Project
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    # conftest's FAST_PASSWORD_HASHER is read after settings are loaded, so it
-    # has no effect; password hashing is not what these tests measure.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def published(monkeypatch):
-    """Record publishes (from any thread) instead of sending them to the bus."""
-    events = []
-    lock = threading.Lock()
-
-    def record(project_id, data):
-        with lock:
-            events.append(project_id)
-
-    monkeypatch.setattr(broadcast, "publish", record)
-    return events
 
 
 def run_concurrently(n, work):

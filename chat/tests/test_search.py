@@ -15,11 +15,6 @@ from projects.actions import do_create_project, do_join_project
 from projects.models import Membership, Project
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def hit_ids(rows):
     return [m.pk for m in rows]
 
