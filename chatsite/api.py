@@ -116,8 +116,12 @@ def on_unexpected(request, exc):
     return error_response(request, 500, "internal", "Something went wrong on our side.")
 
 
-def parse_positive_int(value, name, *, default=None, minimum=1):
-    """Parse a query number or raise a 400 naming the parameter."""
+# Numbers the database compares or offsets by must fit a signed 64-bit integer.
+MAX_QUERY_INT = 2**63 - 1
+
+
+def parse_positive_int(value, name, *, default=None, minimum=1, maximum=MAX_QUERY_INT):
+    """Parse a query number in [minimum, maximum] or raise a 400 naming the parameter."""
     from chatsite.errors import BadRequest
 
     if value is None or value == "":
@@ -130,6 +134,8 @@ def parse_positive_int(value, name, *, default=None, minimum=1):
         raise BadRequest(f"{name} must be a whole number.", fields={name: "not_a_number"})
     if number < minimum:
         raise BadRequest(f"{name} must be at least {minimum}.", fields={name: "too_small"})
+    if number > maximum:
+        raise BadRequest(f"{name} must be at most {maximum}.", fields={name: "too_large"})
     return number
 
 

@@ -28,7 +28,8 @@ class ReadIn(Schema):
 
 def page_params(request):
     """Parse page and per_page (default 50, clamped to 100) or raise 400."""
-    page = parse_positive_int(request.GET.get("page"), "page", default=1)
+    # The offset (page - 1) * per_page must stay a 64-bit number in SQL.
+    page = parse_positive_int(request.GET.get("page"), "page", default=1, maximum=10**9)
     per_page = parse_positive_int(request.GET.get("per_page"), "per_page", default=50)
     return page, min(per_page, MAX_PER_PAGE)
 

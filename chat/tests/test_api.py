@@ -709,3 +709,17 @@ def test_non_numeric_path_id_answers_in_the_error_shape(client_member):
 def test_wrong_method_answers_in_the_error_shape(client_member):
     response = client_member.put("/api/messages", "{}", content_type="application/json")
     assert_error(response, 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("query", [
+    "page=1180591620717411303424", "per_page=1180591620717411303424",
+    "before=99999999999999999999",
+])
+def test_numbers_too_large_for_the_database_are_400(project, client_member, query):
+    if query.startswith("before"):
+        url = f"/api/projects/{project.pk}/messages?{query}"
+    else:
+        url = f"/api/messages?project_id={project.pk}&{query}"
+    assert_error(client_member.get(url), 400, "bad_request")
+    if query.startswith("page"):
+        assert_error(client_member.get(f"/api/projects?{query}"), 400, "bad_request")
