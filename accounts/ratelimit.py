@@ -1,4 +1,20 @@
-"""Login throttling: failures a minute per IP and per username, in the cache."""
+"""Login throttling: LOGIN_FAILURE_LIMIT failed sign-ins a minute per IP and per username.
+
+The throttle fails closed: the limit holds whatever is down.
+
+* Counters live in the cache (Redis): one key per IP and per username and minute.
+* While the cache is unreachable, failures are counted in the database instead
+  (``LoginFailure``: an ``F()`` increment of one row per key and minute; rows of
+  older minutes are pruned on write). The check always adds the database's
+  counts of this minute to the cache's (one indexed query), so failures counted
+  during an outage still count once Redis is back, and the reverse. Sign-in
+  keeps working during a Redis outage; the fallback is logged
+  (``event=login_throttle_fallback``) and counted in ``chat_cache_errors_total``
+  (``op="login_throttle_*"``).
+* If neither the cache nor the database can be consulted (or a failure cannot be
+  recorded anywhere), the attempt is refused with 503 and Retry-After
+  (``ThrottleUnavailable``), never let through unchecked.
+"""
 
 import hashlib
 import logging
@@ -6,43 +22,131 @@ import time
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import F
+
+from chatsite.cache import CACHE_ERRORS
+from chatsite.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 WINDOW_SECONDS = 60
+UNAVAILABLE_RETRY_SECONDS = 5
 
 
-def _keys(ip, username):
-    window = int(time.time() // WINDOW_SECONDS)
+class ThrottleUnavailable(Unavailable):
+    """Neither the cache nor the database could count sign-in failures."""
+
+    def __init__(self):
+        super().__init__("Sign-in is unavailable for a moment; try again shortly.",
+                         retry_after=UNAVAILABLE_RETRY_SECONDS)
+
+
+def _window():
+    return int(time.time() // WINDOW_SECONDS)
+
+
+def _names(ip, username):
     # Usernames are user input (spaces, control characters): hash them into the key.
     user = hashlib.blake2b(username.lower().encode("utf-8", "replace"), digest_size=12)
-    return [f"login-fail:ip:{ip}:{window}", f"login-fail:user:{user.hexdigest()}:{window}"]
+    return [f"ip:{ip}"[:100], f"user:{user.hexdigest()}"]
+
+
+def _cache_key(name, window):
+    return f"login-fail:{name}:{window}"
 
 
 def retry_after():
     return WINDOW_SECONDS - int(time.time() % WINDOW_SECONDS) or 1
 
 
-def is_login_blocked(ip, username):
-    """Whether this IP or username used up its failures in this minute."""
-    from chatsite.cache import safe_get_many
+def _cache_failed(op):
+    CACHE_ERRORS.labels(f"login_throttle_{op}").inc()
+    logger.warning("event=login_throttle_fallback store=database op=%s", op, exc_info=True)
 
-    # Fails open: while Redis is down nobody is throttled, rather than nobody
-    # can sign in (tests/test_reliability_faults.py signs in during an outage).
-    counts = safe_get_many(_keys(ip, username))
-    return any(int(n) >= settings.LOGIN_FAILURE_LIMIT for n in counts.values())
+
+def failure_counts(ip, username):
+    """Return {name: failures in this minute} for the IP and the username.
+
+    Sums the cache's and the database's counters; raises ThrottleUnavailable
+    when neither answers.
+    """
+    from accounts.models import LoginFailure
+
+    window = _window()
+    names = _names(ip, username)
+    counts = dict.fromkeys(names, 0)
+    answered = False
+    try:
+        found = cache.get_many([_cache_key(n, window) for n in names])
+    except Exception:  # noqa: BLE001 - any cache error: count in the database
+        _cache_failed("read")
+    else:
+        answered = True
+        for name in names:
+            counts[name] += int(found.get(_cache_key(name, window)) or 0)
+    try:
+        rows = LoginFailure.objects.filter(key__in=names, window=window).values_list(
+            "key", "count")
+        for name, count in rows:
+            counts[name] += count
+    except DatabaseError:
+        logger.warning("event=login_throttle_database_error op=read", exc_info=True)
+    else:
+        answered = True
+    if not answered:
+        logger.error("event=login_throttle_unavailable op=read")
+        raise ThrottleUnavailable
+    return counts
+
+
+def is_login_blocked(ip, username):
+    """Whether this IP or username used up its failures in this minute.
+
+    Raises ThrottleUnavailable (a 503) when that cannot be known.
+    """
+    limit = settings.LOGIN_FAILURE_LIMIT
+    return any(n >= limit for n in failure_counts(ip, username).values())
 
 
 def record_login_failure(ip, username):
-    for key in _keys(ip, username):
-        try:
+    """Count a failed sign-in; in the database when the cache is unreachable.
+
+    Raises ThrottleUnavailable when it can be counted nowhere.
+    """
+    window = _window()
+    cache_down = False
+    for name in _names(ip, username):
+        if not cache_down:
+            key = _cache_key(name, window)
             try:
-                cache.add(key, 0, WINDOW_SECONDS + 1)
-                cache.incr(key)
-            except ValueError:
-                cache.set(key, 1, WINDOW_SECONDS + 1)
-        except Exception:  # noqa: BLE001 - a cache outage must not fail the sign-in
-            logger.warning("event=login_throttle_unavailable", exc_info=True)
-            return
+                try:
+                    cache.add(key, 0, WINDOW_SECONDS + 1)
+                    cache.incr(key)
+                except ValueError:  # expired between add and incr
+                    cache.set(key, 1, WINDOW_SECONDS + 1)
+                continue
+            except Exception:  # noqa: BLE001 - any cache error: count in the database
+                _cache_failed("write")
+                cache_down = True  # do not wait for a second timeout
+        try:
+            _increment_in_database(name, window)
+        except DatabaseError:
+            logger.error("event=login_throttle_unavailable op=write", exc_info=True)
+            raise ThrottleUnavailable from None
+
+
+def _increment_in_database(name, window):
+    from accounts.models import LoginFailure
+
+    rows = LoginFailure.objects.filter(key=name, window=window)
+    if not rows.update(count=F("count") + 1):
+        try:
+            with transaction.atomic():
+                LoginFailure.objects.create(key=name, window=window, count=1)
+        except IntegrityError:  # a concurrent first failure created the row
+            rows.update(count=F("count") + 1)
+    # Older minutes are never read again; a cheap indexed delete keeps the table small.
+    LoginFailure.objects.filter(window__lt=window - 1).delete()
 
 
 def client_ip(request):

@@ -7,7 +7,12 @@ from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 from django.shortcuts import render
 
-from accounts.ratelimit import client_ip, is_login_blocked, record_login_failure
+from accounts.ratelimit import (
+    ThrottleUnavailable,
+    client_ip,
+    is_login_blocked,
+    record_login_failure,
+)
 
 
 class ThrottledAuthenticationForm(AuthenticationForm):
@@ -19,18 +24,25 @@ class ThrottledAuthenticationForm(AuthenticationForm):
         "throttled": "Too many failed sign-ins; wait a minute and try again.",
     }
 
+    unavailable = None  # the ThrottleUnavailable that refused this attempt
+
     def clean(self):
         username = self.cleaned_data.get("username") or ""
         ip = client_ip(self.request) if self.request is not None else "unknown"
-        if is_login_blocked(ip, username):
-            raise ValidationError(self.error_messages["throttled"], code="throttled")
         try:
-            return super().clean()
-        except ValidationError as error:
-            # Only wrong credentials count; an inactive account is no guess.
-            if any(e.code == "invalid_login" for e in error.error_list):
-                record_login_failure(ip, username)
-            raise
+            if is_login_blocked(ip, username):
+                raise ValidationError(self.error_messages["throttled"], code="throttled")
+            try:
+                return super().clean()
+            except ValidationError as error:
+                # Only wrong credentials count; an inactive account is no guess.
+                if any(e.code == "invalid_login" for e in error.error_list):
+                    record_login_failure(ip, username)
+                raise
+        except ThrottleUnavailable as exc:
+            # Fails closed: nothing can count failures, so nobody signs in.
+            self.unavailable = exc
+            raise ValidationError(exc.message, code="unavailable") from None
 
 
 class LoginPageView(auth_views.LoginView):
@@ -40,6 +52,15 @@ class LoginPageView(auth_views.LoginView):
     template_name = "accounts/login.html"
     authentication_form = ThrottledAuthenticationForm
     redirect_authenticated_user = True
+
+    def form_invalid(self, form):
+        response = super().form_invalid(form)
+        if form.unavailable is not None:
+            # The throttle could not be consulted: 503 and Retry-After, as the API.
+            response.status_code = 503
+            for name, value in form.unavailable.headers.items():
+                response[name] = value
+        return response
 
 
 class LogoutPageView(auth_views.LogoutView):
