@@ -28,16 +28,25 @@ run: seed
 	$(PY) manage.py collectstatic --noinput -v0
 	$(PY) manage.py runserver $(HOST):$(PORT)
 
-# Production shape: needs DATABASE_URL, REDIS_URL and SECRET_KEY. One uvicorn
-# process per core carries Channels WebSockets and the WSGI HTTP path (a2wsgi).
+# Production shape: needs DATABASE_URL, REDIS_URL and SECRET_KEY. HTTP on
+# granian's WSGI interface (PORT), sockets on uvicorn + Channels (WS_PORT), one
+# worker per core each; pages tell browsers where sockets are (WS_PUBLIC_URL).
+# Behind a reverse proxy, route /ws/ to WS_PORT and the rest to PORT instead.
+WS_PORT ?= $(shell echo $$(($(PORT) + 1)))
+HTTP_THREADS ?= 8
+WS_PUBLIC_URL ?= ws://$(HOST):$(WS_PORT)
 serve: venv
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v0
 	rm -rf $(PROMETHEUS_MULTIPROC_DIR) && mkdir -p $(PROMETHEUS_MULTIPROC_DIR)
-	PROMETHEUS_MULTIPROC_DIR=$(PROMETHEUS_MULTIPROC_DIR) \
-	$(VENV)/bin/uvicorn chatsite.asgi:application --host $(HOST) --port $(PORT) \
+	export PROMETHEUS_MULTIPROC_DIR=$(PROMETHEUS_MULTIPROC_DIR) WS_PUBLIC_URL=$(WS_PUBLIC_URL); \
+	$(VENV)/bin/uvicorn chatsite.asgi:application --host $(HOST) --port $(WS_PORT) \
 		--workers $(WEB_WORKERS) --ws websockets --ws-max-size 65536 \
-		--timeout-keep-alive 30 --no-access-log --loop uvloop --http httptools
+		--timeout-keep-alive 30 --no-access-log --loop uvloop --http httptools & \
+	sockets=$$!; trap 'kill $$sockets 2>/dev/null' EXIT INT TERM; \
+	$(VENV)/bin/granian --interface wsgi chatsite.wsgi:application --host $(HOST) \
+		--port $(PORT) --workers $(WEB_WORKERS) --blocking-threads $(HTTP_THREADS) \
+		--no-ws --log-level warning
 
 test: venv
 	$(PY) -m pytest

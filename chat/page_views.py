@@ -147,6 +147,7 @@ def render_project(request, project, membership, *, error=None, draft="", status
         # The composer asks before an @all that reaches more than a few people.
         "memberCount": member_count,
         "messageMaxLength": settings.MESSAGE_MAX_LENGTH,
+        "wsBase": settings.WS_PUBLIC_URL,
         "editWindowSeconds": settings.EDIT_WINDOW_SECONDS,
         "projectUrl": reverse("project", args=[project.pk]),
         "loginUrl": settings.LOGIN_URL,

@@ -197,6 +197,12 @@ BROADCAST_MAX_WAIT_MS = env("BROADCAST_MAX_WAIT_MS", 100, int)
 # docs/REALTIME.md for the measured trade-off between frames and latency.
 BROADCAST_LINGER_MS = env("BROADCAST_LINGER_MS", 25, int)
 REPLAY_LIMIT = env("REPLAY_LIMIT", 500, int)
+# Where browsers open sockets when a separate server carries them (`make serve`:
+# HTTP on granian, sockets on uvicorn one port up), e.g. ws://chat.example:8001.
+# Empty: the page's own origin (one server for both, or a proxy routing /ws/).
+WS_PUBLIC_URL = env("WS_PUBLIC_URL", "").rstrip("/")
+if WS_PUBLIC_URL and not WS_PUBLIC_URL.startswith(("ws://", "wss://")):
+    raise ImproperlyConfigured("WS_PUBLIC_URL must start with ws:// or wss://")
 # Pub/sub channels are shared by every database number of a Redis server: two
 # deployments (or test runs) on one Redis must not hear each other.
 BUS_PREFIX = env("BUS_PREFIX", f"chat:{DATABASES['default'].get('NAME', 'db')}")

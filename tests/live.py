@@ -126,15 +126,20 @@ def create_users_and_project(env, usernames, project_name="Live", private=False)
 
 
 class LiveServer:
-    """One uvicorn process serving chatsite.asgi on loopback."""
+    """One server on loopback: uvicorn serving chatsite.asgi (sockets and HTTP),
+    or with http="granian" granian's WSGI interface serving chatsite.wsgi (HTTP
+    only), the two servers of `make serve`."""
 
     app = "chatsite.asgi:application"
 
-    def __init__(self, env, *, port=None, workers=1, extra_env=None, app=None):
+    def __init__(self, env, *, port=None, workers=1, extra_env=None, app=None, http="uvicorn",
+                 threads=8):
         self.port = port or free_port()
-        self.app = app or self.app
+        self.http = http
+        self.app = app or ("chatsite.wsgi:application" if http == "granian" else self.app)
         self.env = dict(env, **(extra_env or {}))
         self.workers = workers
+        self.threads = threads
         self.proc = None
 
     @property
@@ -145,14 +150,24 @@ class LiveServer:
     def ws_url(self):
         return f"ws://127.0.0.1:{self.port}"
 
-    def start(self, timeout=30):
-        cmd = [
+    def command(self):
+        if self.http == "granian":
+            return [
+                str(VENV_BIN / "granian"), "--interface", "wsgi", self.app,
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--workers", str(self.workers), "--blocking-threads", str(self.threads),
+                "--no-ws", "--log-level", "warning",
+            ]
+        return [
             str(VENV_BIN / "uvicorn"), self.app,
             "--host", "127.0.0.1", "--port", str(self.port),
             "--workers", str(self.workers), "--ws", "websockets",
             "--ws-max-size", "65536", "--timeout-keep-alive", "30",
             "--no-access-log", "--log-level", "warning",
         ]
+
+    def start(self, timeout=30):
+        cmd = self.command()
         self.log = tempfile.NamedTemporaryFile(prefix="chat-live-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,

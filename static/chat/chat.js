@@ -401,8 +401,10 @@
   // ---------------------------------------------------------------- socket
 
   function socketUrl() {
+    // state.wsBase: a separate socket server (WS_PUBLIC_URL); else this origin.
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    return `${scheme}://${location.host}/ws/projects/${projectId}/?after=${lastChangedSeq}`;
+    const base = state.wsBase || `${scheme}://${location.host}`;
+    return `${base}/ws/projects/${projectId}/?after=${lastChangedSeq}`;
   }
 
   function connect() {
