@@ -61,6 +61,11 @@ class CachedModelBackend(ModelBackend):
         return user if self.user_can_authenticate(user) else None
 
 
+# For chatsite.hotpath, which reads users the way get_user does.
+local_user = _local_get
+remember_user = _local_set
+
+
 def forget_user(user_id):
     _local.pop(user_id, None)
     safe_delete_many([user_cache_key(user_id)])

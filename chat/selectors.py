@@ -93,6 +93,11 @@ def _messages_by_id():
 # --- cached bodies: keyed by the project's version, bumped after every change --------
 
 
+def history_slot(project_id, before, after, limit):
+    """The cache slot of a cursor-history read (chatsite.hotpath reads it too)."""
+    return make_key("hist", project_id, before, after, limit)
+
+
 def get_history_body(user, project_id, *, before=None, after=None, limit=50):
     """Check access, then return the encoded cursor-history JSON.
 
@@ -115,7 +120,7 @@ def get_history_body(user, project_id, *, before=None, after=None, limit=50):
 
     akey = access_key(user.pk, project_id)
     return get_slot(
-        make_key("hist", project_id, before, after, limit), "project", project_id, build,
+        history_slot(project_id, before, after, limit), "project", project_id, build,
         name="history", extra_keys=[akey],
         check=lambda found: access_project_cached(user, project_id, cached=found[akey]),
     )

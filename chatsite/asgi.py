@@ -26,8 +26,10 @@ from chatsite.origin import StrictOriginValidator  # noqa: E402
 if settings.DEBUG or os.environ.get("HTTP_VIA_ASGI", "").lower() in {"1", "true", "yes"}:
     http_app = django_asgi
 else:
+    from chatsite.hotpath import wrap
+
     http_app = WSGIMiddleware(
-        get_wsgi_application(), workers=int(os.environ.get("WSGI_THREADS", "16"))
+        wrap(get_wsgi_application()), workers=int(os.environ.get("WSGI_THREADS", "16"))
     )
 
 websocket_app = StrictOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))

@@ -141,6 +141,9 @@ USER_LOCAL_CACHE_SECONDS = env("USER_LOCAL_CACHE_SECONDS", 2.0, float)
 CACHE_TTL = env("CACHE_TTL", 300, int)
 # Off only to measure the uncached path (bench/http_bench.py).
 CACHE_HOT_READS = env("CACHE_HOT_READS", True, bool)
+# The first history page answered from the cache before Django's request stack
+# (chatsite/hotpath.py); off: every request goes through Django.
+HOT_PATH = env("HOT_PATH", True, bool)
 # Deployments sharing one Redis database keep their keys apart with a prefix.
 CACHE_KEY_PREFIX = env("CACHE_KEY_PREFIX", "")
 if REDIS_URL:

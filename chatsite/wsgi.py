@@ -10,7 +10,13 @@ import os
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
-application = get_wsgi_application()
+django_application = get_wsgi_application()
+
+from chatsite.hotpath import wrap  # noqa: E402
+
+# The first history page is answered from the cache before Django's stack when
+# everything it needs is cached (chatsite/hotpath.py); the rest is Django's.
+application = wrap(django_application)
 
 # METRICS_PORT: the first server process of either kind binds it (multiprocess totals).
 from chatsite.metrics import start_metrics_server  # noqa: E402
