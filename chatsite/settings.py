@@ -114,12 +114,30 @@ DB_MAX_OVERFLOW = env("DB_MAX_OVERFLOW", 20, int)
 DB_POOL_TIMEOUT = env("DB_POOL_TIMEOUT", 30, float)
 DB_POOL_RECYCLE = env("DB_POOL_RECYCLE", 3600, float)
 DB_POOL_ENABLED = env("DB_POOL_ENABLED", True, bool)
+# Seconds to establish a connection. psycopg's default (130 s) let connection
+# attempts caught in a partition (PostgreSQL accepting but never answering) hold
+# the pool's three connection workers long after it healed: no connection, only
+# 503s (tests/test_reliability_faults.py, PostgreSQL blackhole).
+DB_CONNECT_TIMEOUT = env("DB_CONNECT_TIMEOUT", 5, int)
 
 # conn_health_checks also makes the pool check a connection before lending it
 # (the guide's pool_pre_ping).
 _db = dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)
 if _db["ENGINE"] == "django.db.backends.postgresql":
     _db.setdefault("OPTIONS", {})
+    _connection_options = {
+        "connect_timeout": DB_CONNECT_TIMEOUT,
+        # A dead peer on a real network: keepalives notice it on an idle
+        # connection, tcp_user_timeout (ms) when sent data stays unacknowledged,
+        # instead of the kernel's ~15 minutes of retransmissions.
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 30000,
+    }
+    for _name, _value in _connection_options.items():  # DATABASE_URL's ?options win
+        _db["OPTIONS"].setdefault(_name, _value)
     if DB_POOL_ENABLED:
         _db["OPTIONS"]["pool"] = {
             "min_size": min(2, DB_POOL_SIZE),

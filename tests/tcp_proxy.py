@@ -8,7 +8,12 @@ Modes (switch at any time with set_mode):
 * ``delay``     forward, each chunk held ``delay`` seconds per direction (pure
                 latency: chunks keep their order and throughput is not capped);
 * ``blackhole`` accept and read, never answer, forward nothing (a partition:
-                clients only notice by their own timeouts).
+                clients only notice by their own timeouts). Connections open
+                when the mode is set are closed (FIN), as a real partition's
+                would be once keepalive / tcp_user_timeout gives up: on
+                loopback the proxy's kernel acknowledges every byte, so a
+                connection kept open here could never time out at the TCP
+                level. New ones hang from the handshake on (connect_timeout).
 
 The proxy runs its own asyncio loop in a daemon thread, so tests stay sync.
 """

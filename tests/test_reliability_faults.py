@@ -18,9 +18,15 @@ import asyncio
 import collections
 import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 import orjson
@@ -29,12 +35,20 @@ import requests
 import websockets
 from websockets.asyncio.client import connect
 
-from tests.live import LiveServer, cookie_header, create_users_and_project, login, make_live_env
+from tests.live import (
+    LiveServer,
+    cookie_header,
+    create_users_and_project,
+    free_port,
+    login,
+    make_live_env,
+)
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.live, pytest.mark.redis, pytest.mark.postgres]
 
-OUTAGE_SECONDS = float(os.environ.get("FAULT_OUTAGE_SECONDS", "5"))
+# Issue #7: each outage lasts 10 s unless FAULT_OUTAGE_SECONDS says otherwise.
+OUTAGE_SECONDS = float(os.environ.get("FAULT_OUTAGE_SECONDS", "10"))
 
 
 def _plain(value):
@@ -52,7 +66,7 @@ def report(name, **figures):
             f.write(line + "\n")
 
 
-# --- fixtures ---------------------------------------------------------------------------
+# --- fixtures -----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +97,14 @@ def fault_env(redis_proxy):
 def _proxies_pass(redis_proxy):
     yield
     redis_proxy.set_mode("pass")
+
+
+def proxied_database_url(env, pg_proxy):
+    """The live database's URL through the PostgreSQL proxy."""
+    parts = urlparse(env["DATABASE_URL"])
+    return urlunparse(parts._replace(netloc=f"{parts.username or 'root'}"
+                                     f"{':' + parts.password if parts.password else ''}"
+                                     f"@127.0.0.1:{pg_proxy.port}"))
 
 
 # --- load: HTTP senders and readers -------------------------------------------------------
@@ -193,6 +215,7 @@ class ReconnectingClient:
         self.last = 0
         self.reconnects = 0
         self.resyncs = 0
+        self.hello_seqs = []  # the project's number in each hello
 
     async def run(self, stop):
         while not stop.is_set():
@@ -224,14 +247,34 @@ class ReconnectingClient:
                     self.last = max(self.last, m["changed_seq"])
             elif frame["type"] == "resync_required":
                 self.resyncs += 1
+            elif frame["type"] == "hello":
+                self.hello_seqs.append(frame["seq"])
 
     def check(self, final_seq):
         """(lost, duplicates, out_of_order) against 1..final_seq."""
+        # Only valid for a client that was in before the first change (wait_ready).
+        assert self.hello_seqs[:1] == [0], f"first connected at seq {self.hello_seqs[:1]}"
         seen = collections.Counter(self.seqs)
         lost = sum(1 for n in range(1, final_seq + 1) if n not in seen)
         duplicates = sum(c - 1 for c in seen.values() if c > 1)
         out_of_order = sum(1 for a, b in zip(self.seqs, self.seqs[1:]) if b <= a)
         return lost, duplicates, out_of_order
+
+
+async def wait_ready(clients, timeout=30):
+    """Wait until every client has had its first hello.
+
+    A socket that first connects (without after=) when changes are already
+    committed rightly never receives them: its hello says where it starts. The
+    load may only begin once every client is in, else the check against
+    1..final_seq counts that start as losses. (Under a slow Redis a socket's
+    handshake takes seconds, so a fixed sleep was not enough.)
+    """
+    deadline = time.monotonic() + timeout
+    while any(not c.hello_seqs for c in clients) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert all(c.hello_seqs for c in clients), "a socket did not connect"
+    await asyncio.sleep(0.2)
 
 
 def project_seq(base_url, session, project_id):
@@ -280,7 +323,7 @@ def users_for(prefix, n):
     return [f"{prefix}{i}" for i in range(n)]
 
 
-# --- (a) Redis cut for ~5 s ---------------------------------------------------------------
+# --- (a) Redis cut for OUTAGE_SECONDS -----------------------------------------------------
 
 
 def test_redis_cut_keeps_http_answering_and_sockets_catch_up(fault_env, redis_proxy):
@@ -297,7 +340,7 @@ def test_redis_cut_keeps_http_answering_and_sockets_catch_up(fault_env, redis_pr
             stop = asyncio.Event()
             clients = [ReconnectingClient(server, project_id, s) for s in listeners]
             tasks = [asyncio.create_task(c.run(stop)) for c in clients]
-            await asyncio.sleep(1.0)
+            await wait_ready(clients)
             load.start()
             await asyncio.sleep(2.0)
             redis_proxy.set_mode("cut")
@@ -320,7 +363,7 @@ def test_redis_cut_keeps_http_answering_and_sockets_catch_up(fault_env, redis_pr
         in_outage = [s for started, s, status in load.latencies
                      if outage["start"] <= started <= outage["end"]]
         totals = assert_delivery(clients, final_seq, load)
-        report("redis_cut_5s", messages=final_seq, acked=len(load.acked),
+        report(f"redis_cut_{OUTAGE_SECONDS:g}s", messages=final_seq, acked=len(load.acked),
                send_statuses=dict(load.statuses), read_statuses=dict(load.read_statuses),
                five_xx=load.five_xx(), login_during_outage=outage["login_status"],
                max_send_seconds_during_outage=round(max(in_outage, default=0), 2),
@@ -363,7 +406,7 @@ def test_redis_delay_slows_delivery_but_keeps_it_complete_and_ordered(fault_env,
             stop = asyncio.Event()
             clients = [ReconnectingClient(server, project_id, s) for s in sessions[:3]]
             tasks = [asyncio.create_task(c.run(stop)) for c in clients]
-            await asyncio.sleep(1.0)
+            await wait_ready(clients)
             load.start()
             await asyncio.sleep(8.0)
             await asyncio.to_thread(load.stop)
@@ -408,7 +451,7 @@ def test_sigkilled_process_loses_nothing(fault_env):
             stop = asyncio.Event()
             clients = [ReconnectingClient(a, project_id, s) for s in sessions[:4]]
             tasks = [asyncio.create_task(c.run(stop)) for c in clients]
-            await asyncio.sleep(1.0)
+            await wait_ready(clients)
             load_a.start()
             load_b.start()
             await asyncio.sleep(2.0)
@@ -448,16 +491,13 @@ def test_sigkilled_process_loses_nothing(fault_env):
         b.stop()
 
 
-# --- (d) PostgreSQL cut for ~5 s ------------------------------------------------------------
+# --- (d) PostgreSQL cut for OUTAGE_SECONDS ------------------------------------------------
 
 
 def test_postgres_cut_answers_503_and_recovers_by_itself(fault_env, pg_proxy):
     names = users_for("pc", 4)
     project_id = create_users_and_project(fault_env, names, "PgCut")
-    parts = urlparse(fault_env["DATABASE_URL"])
-    proxied = urlunparse(parts._replace(netloc=f"{parts.username or 'root'}"
-                                        f"{':' + parts.password if parts.password else ''}"
-                                        f"@127.0.0.1:{pg_proxy.port}"))
+    proxied = proxied_database_url(fault_env, pg_proxy)
     pool_timeout = 2.0
     server = LiveServer(fault_env, extra_env={
         "DATABASE_URL": proxied, "DB_POOL_TIMEOUT": str(pool_timeout)}).start()
@@ -471,7 +511,7 @@ def test_postgres_cut_answers_503_and_recovers_by_itself(fault_env, pg_proxy):
             stop = asyncio.Event()
             client = ReconnectingClient(server, project_id, sessions[0])
             task = asyncio.create_task(client.run(stop))
-            await asyncio.sleep(1.0)
+            await wait_ready([client])
             load.start()
             await asyncio.sleep(2.0)
             pg_proxy.set_mode("cut")
@@ -498,7 +538,7 @@ def test_postgres_cut_answers_503_and_recovers_by_itself(fault_env, pg_proxy):
         lost = len(set(load.acked) - set(per_cid))
         duplicate_rows = sum(c - 1 for c in per_cid.values() if c > 1)
         lost_socket, duplicates_socket, out_of_order = client.check(final_seq)
-        report("postgres_cut_5s", messages=final_seq, acked=len(load.acked),
+        report(f"postgres_cut_{OUTAGE_SECONDS:g}s", messages=final_seq, acked=len(load.acked),
                send_statuses=dict(load.statuses), read_statuses=dict(load.read_statuses),
                five_xx_other_than_503=sum(v for k, v in (load.statuses + load.read_statuses)
                                           .items() if isinstance(k, int) and k >= 500
@@ -522,7 +562,7 @@ def test_postgres_cut_answers_503_and_recovers_by_itself(fault_env, pg_proxy):
         server.stop()
 
 
-# --- (e) Redis partitioned (blackhole) for ~5 s ----------------------------------------------
+# --- (e) Redis partitioned (blackhole) for OUTAGE_SECONDS ---------------------------------
 
 
 def test_redis_blackhole_slows_but_fails_nothing(fault_env, redis_proxy):
@@ -540,7 +580,7 @@ def test_redis_blackhole_slows_but_fails_nothing(fault_env, redis_proxy):
             stop = asyncio.Event()
             clients = [ReconnectingClient(server, project_id, s) for s in sessions[:2]]
             tasks = [asyncio.create_task(c.run(stop)) for c in clients]
-            await asyncio.sleep(1.0)
+            await wait_ready(clients)
             load.start()
             await asyncio.sleep(1.5)
             redis_proxy.set_mode("blackhole")
@@ -560,7 +600,7 @@ def test_redis_blackhole_slows_but_fails_nothing(fault_env, redis_proxy):
         in_outage = [s for started, s, _ in load.latencies
                      if outage["start"] <= started <= outage["end"]]
         totals = assert_delivery(clients, final_seq, load)
-        report("redis_blackhole_5s", messages=final_seq, acked=len(load.acked),
+        report(f"redis_blackhole_{OUTAGE_SECONDS:g}s", messages=final_seq, acked=len(load.acked),
                send_statuses=dict(load.statuses), read_statuses=dict(load.read_statuses),
                five_xx=load.five_xx(), sends_during_outage=len(in_outage),
                max_send_seconds_during_outage=round(max(in_outage, default=0), 2),
@@ -570,4 +610,422 @@ def test_redis_blackhole_slows_but_fails_nothing(fault_env, redis_proxy):
         assert final_seq == len(load.acked)
     finally:
         redis_proxy.set_mode("pass")
+        server.stop()
+
+
+# --- (f) 200 ms each way on PostgreSQL ------------------------------------------------------
+
+
+def test_postgres_delay_slows_sends_but_keeps_delivery_complete(fault_env, pg_proxy):
+    """Every statement pays a 400 ms round trip: sends are slow but succeed, and
+    delivery stays complete and ordered."""
+    names = users_for("pd", 5)
+    project_id = create_users_and_project(fault_env, names, "PgDelay")
+    server = LiveServer(fault_env, extra_env={
+        "DATABASE_URL": proxied_database_url(fault_env, pg_proxy)}).start()
+    try:
+        sessions = [login(server.url, n) for n in names]
+        load = Load(sessions[2:4], project_id, server.url, interval=0.2, reader=sessions[4])
+        marks = {}
+
+        async def main():
+            stop = asyncio.Event()
+            clients = [ReconnectingClient(server, project_id, s) for s in sessions[:2]]
+            tasks = [asyncio.create_task(c.run(stop)) for c in clients]
+            await wait_ready(clients)
+            load.start()
+            await asyncio.sleep(1.5)
+            pg_proxy.set_mode("delay", 0.2)
+            marks["start"] = time.monotonic()
+            await asyncio.sleep(OUTAGE_SECONDS)
+            pg_proxy.set_mode("pass")
+            marks["end"] = time.monotonic()
+            await asyncio.sleep(1.5)
+            await asyncio.to_thread(load.stop)
+            final_seq = await asyncio.to_thread(project_seq, server.url, sessions[4], project_id)
+            done = await wait_for_all(clients, final_seq, timeout=30)
+            stop.set()
+            await asyncio.gather(*tasks)
+            return clients, final_seq, done
+
+        clients, final_seq, done = asyncio.run(main())
+        during = sorted(s for t, s, _ in load.latencies if marks["start"] <= t <= marks["end"])
+        totals = assert_delivery(clients, final_seq, load)
+        report(f"postgres_delay_200ms_each_way_{OUTAGE_SECONDS:g}s", messages=final_seq,
+               acked=len(load.acked), send_statuses=dict(load.statuses),
+               read_statuses=dict(load.read_statuses), five_xx=load.five_xx(),
+               sends_during_delay=len(during),
+               send_p50_seconds_during_delay=round(during[len(during) // 2], 2) if during else None,
+               send_max_seconds_during_delay=round(during[-1], 2) if during else None,
+               all_delivered_seconds_after_restore=round(done - marks["end"], 2),
+               reconnects=sum(c.reconnects for c in clients), **totals)
+        assert load.five_xx() == 0, (load.statuses, load.read_statuses)
+        assert set(load.statuses) <= {200, 201}, load.statuses
+        assert set(load.read_statuses) <= {200}, load.read_statuses
+        assert len(during) > 0, "no send happened during the delay"
+        assert final_seq == len(load.acked)
+    finally:
+        pg_proxy.set_mode("pass")
+        server.stop()
+
+
+# --- (g) PostgreSQL partitioned (blackhole) -----------------------------------------------
+
+
+def test_postgres_blackhole_answers_503_in_bounded_time_and_recovers(fault_env, pg_proxy):
+    """A partition: open connections are dropped and new ones are accepted but never
+    answered, so only timeouts tell. Sends must answer 503 + Retry-After within
+    the pool timeout (none may hang), nothing acknowledged may be lost, and the
+    server must recover by itself once the partition heals (a connection attempt
+    stuck in the partition must not keep the pool empty afterwards)."""
+    names = users_for("pb", 4)
+    project_id = create_users_and_project(fault_env, names, "PgBlackhole")
+    pool_timeout = 2.0
+    server = LiveServer(fault_env, extra_env={
+        "DATABASE_URL": proxied_database_url(fault_env, pg_proxy),
+        "DB_POOL_TIMEOUT": str(pool_timeout)}).start()
+    try:
+        sessions = [login(server.url, n) for n in names]
+        load = Load([sessions[1], sessions[3]], project_id, server.url, interval=0.2,
+                    reader=sessions[2])
+        marks = {}
+
+        async def main():
+            stop = asyncio.Event()
+            client = ReconnectingClient(server, project_id, sessions[0])
+            task = asyncio.create_task(client.run(stop))
+            await wait_ready([client])
+            load.start()
+            await asyncio.sleep(2.0)
+            pg_proxy.set_mode("blackhole")
+            marks["start"] = time.monotonic()
+            await asyncio.sleep(OUTAGE_SECONDS)
+            pg_proxy.set_mode("pass")
+            marks["end"] = time.monotonic()
+            # Run until a send succeeds again (or 20 s), then a little longer.
+            deadline = marks["end"] + 20
+            while time.monotonic() < deadline and not any(
+                    st in (200, 201) and t + s > marks["end"]
+                    for t, s, st in list(load.latencies)):
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(load.stop)
+            final_seq = await asyncio.to_thread(project_seq, server.url, sessions[2], project_id)
+            await wait_for_all([client], final_seq, timeout=30)
+            stop.set()
+            await task
+            return client, final_seq
+
+        client, final_seq = asyncio.run(main())
+        sends = load.latencies
+        during = [(t, s, st) for t, s, st in sends if marks["start"] <= t <= marks["end"]]
+        first_ok = min((t + s for t, s, st in sends
+                        if st in (200, 201) and t + s > marks["end"]), default=None)
+        recovery = None if first_ok is None else round(first_ok - marks["end"], 2)
+        rows = all_messages(server.url, sessions[2], project_id)
+        per_cid = collections.Counter(m["client_msg_id"] for m in rows)
+        lost = len(set(load.acked) - set(per_cid))
+        duplicate_rows = sum(c - 1 for c in per_cid.values() if c > 1)
+        lost_socket, duplicates_socket, out_of_order = client.check(final_seq)
+        report(f"postgres_blackhole_{OUTAGE_SECONDS:g}s", messages=final_seq,
+               acked=len(load.acked), send_statuses=dict(load.statuses),
+               read_statuses=dict(load.read_statuses),
+               five_xx_other_than_503=sum(v for k, v in (load.statuses + load.read_statuses)
+                                          .items() if isinstance(k, int) and k >= 500
+                                          and k != 503),
+               sends_during_outage=len(during),
+               max_send_seconds_during_outage=round(max((s for _, s, _ in during), default=0), 2),
+               retry_after_missing=load.retry_after_missing,
+               first_success_seconds_after_restore=recovery, lost=lost,
+               duplicate_rows=duplicate_rows, socket_lost=lost_socket,
+               socket_duplicates=duplicates_socket, socket_out_of_order=out_of_order)
+        statuses = set(load.statuses) | set(load.read_statuses)
+        assert statuses <= {200, 201, 503}, (load.statuses, load.read_statuses)
+        assert load.statuses[503] > 0, "the partition was not seen by any send"
+        assert load.retry_after_missing == 0
+        assert max(s for _, s, _ in during) < pool_timeout + 3.0, "a send hung"
+        assert recovery is not None and recovery < 15, f"no recovery: {recovery}"
+        assert lost == 0 and duplicate_rows == 0
+        assert final_seq == len(per_cid)
+        assert (lost_socket, duplicates_socket, out_of_order) == (0, 0, 0)
+    finally:
+        pg_proxy.set_mode("pass")
+        server.stop()
+
+
+# --- (h) a real Redis server stopped and started again ------------------------------------
+
+
+class RedisServer:
+    """A throwaway redis-server of this test (never the machine's shared one):
+    its own port and directory, no persistence, so a restart starts empty."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="chat-redis-")
+        self.proc = None
+
+    def url(self, db=1):
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self, timeout=10):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.dir, "--daemonize", "no",
+             "--logfile", os.path.join(self.dir, "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not answer PING")
+
+    def stop(self):
+        """SIGTERM: Redis closes every client connection and exits."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_redis():
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+def test_real_redis_stop_and_restart_loses_nothing(fault_env, own_redis):
+    """The servers' own redis-server is stopped for OUTAGE_SECONDS and started again
+    (empty) on the same port: two server processes keep answering without a 5xx,
+    and after the restart every socket, on either process, holds every
+    acknowledged message once and in order (bus subscriptions come back)."""
+    names = users_for("rr", 8)
+    project_id = create_users_and_project(fault_env, names, "RedisRestart")
+    extra = {"REDIS_URL": own_redis.url(1)}
+    a = LiveServer(fault_env, extra_env=extra).start()
+    b = LiveServer(fault_env, extra_env=extra).start()
+    try:
+        sessions = [login(a.url, n) for n in names]  # sessions work on both
+        load_a = Load(sessions[4:5], project_id, a.url, interval=0.2, reader=sessions[6])
+        load_b = Load(sessions[5:6], project_id, b.url, interval=0.2, reader=sessions[7])
+        outage = {}
+
+        async def main():
+            stop = asyncio.Event()
+            clients = [ReconnectingClient(server, project_id, s)
+                       for server, s in zip((a, a, b, b), sessions[:4])]
+            tasks = [asyncio.create_task(c.run(stop)) for c in clients]
+            await wait_ready(clients)
+            load_a.start()
+            load_b.start()
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(own_redis.stop)
+            outage["start"] = time.monotonic()
+            outage["login_status"] = await asyncio.to_thread(_login_status, b, names[0])
+            await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - outage["start"])))
+            await asyncio.to_thread(own_redis.start)
+            outage["end"] = time.monotonic()
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(load_a.stop)
+            await asyncio.to_thread(load_b.stop)
+            final_seq = await asyncio.to_thread(project_seq, a.url, sessions[6], project_id)
+            done = await wait_for_all(clients, final_seq, timeout=30)
+            stop.set()
+            await asyncio.gather(*tasks)
+            return clients, final_seq, done
+
+        clients, final_seq, done = asyncio.run(main())
+        merged = Load([], project_id, a.url)
+        merged.acked = {**load_a.acked, **load_b.acked}
+        statuses = load_a.statuses + load_b.statuses
+        read_statuses = load_a.read_statuses + load_b.read_statuses
+        in_outage = [s for load in (load_a, load_b) for started, s, _ in load.latencies
+                     if outage["start"] <= started <= outage["end"]]
+        totals = assert_delivery(clients, final_seq, merged)
+        rows = all_messages(a.url, sessions[6], project_id)
+        per_cid = collections.Counter(m["client_msg_id"] for m in rows)
+        duplicate_rows = sum(c - 1 for c in per_cid.values() if c > 1)
+        report(f"redis_stop_restart_{OUTAGE_SECONDS:g}s", messages=final_seq,
+               acked=len(merged.acked), send_statuses=dict(statuses),
+               read_statuses=dict(read_statuses),
+               five_xx=load_a.five_xx() + load_b.five_xx(),
+               login_during_outage=outage["login_status"], sends_during_outage=len(in_outage),
+               max_send_seconds_during_outage=round(max(in_outage, default=0), 2),
+               all_delivered_seconds_after_restart=round(done - outage["end"], 2),
+               duplicate_rows=duplicate_rows,
+               reconnects=sum(c.reconnects for c in clients), **totals)
+        assert load_a.five_xx() + load_b.five_xx() == 0, (statuses, read_statuses)
+        assert set(statuses) <= {200, 201}, statuses
+        assert set(read_statuses) <= {200}, read_statuses
+        assert outage["login_status"] == 200
+        assert len(in_outage) > 0, "no send happened during the outage"
+        assert duplicate_rows == 0
+        assert final_seq == len(merged.acked)
+    finally:
+        a.stop()
+        b.stop()
+
+
+# --- (i) a real PostgreSQL server stopped and started again -------------------------------
+
+
+def _pg_bin():
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return versions[-1].parent if versions else None
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster of this test (never the machine's shared
+    one): initdb in a temporary directory, its own port, run as user postgres."""
+
+    def __init__(self, bin_dir):
+        self.bin = bin_dir
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="chat-pg-")
+        self.data = os.path.join(self.dir, "data")
+        shutil.chown(self.dir, "postgres", "postgres")
+
+    def url(self, name="postgres"):
+        return f"postgres://root@127.0.0.1:{self.port}/{name}"
+
+    def _run(self, *args, timeout=60):
+        cmd = [str(self.bin / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=timeout, cwd=self.dir)
+
+    def init(self):
+        self._run("initdb", "-D", self.data, "-U", "root", "--auth=trust", "-E", "UTF8",
+                  "--locale=C", "--no-sync")
+        return self
+
+    def start(self):
+        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 "
+                   f"-c unix_socket_directories={self.dir} -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off")
+        self._run("pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "log"), "-o",
+                  options, "-w", "-t", "30", "start")
+        return self
+
+    def stop(self):
+        """A fast shutdown: every session is terminated, as a restarted server's are."""
+        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "30", "stop")
+
+    def cleanup(self):
+        try:
+            self.stop()
+        except subprocess.CalledProcessError:
+            pass  # already stopped
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_postgres(monkeypatch):
+    bin_dir = _pg_bin()
+    if bin_dir is None or os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("needs PostgreSQL's server binaries and root (to run them as postgres)")
+    started = time.monotonic()
+    cluster = PostgresCluster(bin_dir).init().start()
+    # make_live_env creates and migrates its database on the cluster DATABASE_URL names.
+    monkeypatch.setenv("DATABASE_URL", cluster.url())
+    env, close = make_live_env()
+    cluster.setup_seconds = round(time.monotonic() - started, 1)
+    yield cluster, env
+    close()
+    cluster.cleanup()
+
+
+def test_real_postgres_stop_and_restart_answers_503_and_recovers(own_postgres):
+    """The servers' own PostgreSQL is shut down (fast: sessions terminated) for
+    OUTAGE_SECONDS and started again: sends answer 503 + Retry-After within the
+    pool timeout, nothing acknowledged is lost or doubled, and the server works
+    again by itself."""
+    cluster, env = own_postgres
+    names = users_for("pr", 4)
+    project_id = create_users_and_project(env, names, "PgRestart")
+    pool_timeout = 2.0
+    server = LiveServer(env, extra_env={"DB_POOL_TIMEOUT": str(pool_timeout)}).start()
+    try:
+        sessions = [login(server.url, n) for n in names]
+        load = Load([sessions[1], sessions[3]], project_id, server.url, interval=0.2,
+                    reader=sessions[2])
+        marks = {}
+
+        async def main():
+            stop = asyncio.Event()
+            client = ReconnectingClient(server, project_id, sessions[0])
+            task = asyncio.create_task(client.run(stop))
+            await wait_ready([client])
+            load.start()
+            await asyncio.sleep(2.0)
+            marks["start"] = time.monotonic()
+            await asyncio.to_thread(cluster.stop)
+            await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - marks["start"])))
+            await asyncio.to_thread(cluster.start)
+            marks["end"] = time.monotonic()
+            deadline = marks["end"] + 20
+            while time.monotonic() < deadline and not any(
+                    st in (200, 201) and t + s > marks["end"]
+                    for t, s, st in list(load.latencies)):
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(load.stop)
+            final_seq = await asyncio.to_thread(project_seq, server.url, sessions[2], project_id)
+            await wait_for_all([client], final_seq, timeout=30)
+            stop.set()
+            await task
+            return client, final_seq
+
+        client, final_seq = asyncio.run(main())
+        sends = load.latencies
+        during = [(t, s, st) for t, s, st in sends if marks["start"] <= t <= marks["end"]]
+        first_ok = min((t + s for t, s, st in sends
+                        if st in (200, 201) and t + s > marks["end"]), default=None)
+        recovery = None if first_ok is None else round(first_ok - marks["end"], 2)
+        rows = all_messages(server.url, sessions[2], project_id)
+        per_cid = collections.Counter(m["client_msg_id"] for m in rows)
+        lost = len(set(load.acked) - set(per_cid))
+        duplicate_rows = sum(c - 1 for c in per_cid.values() if c > 1)
+        lost_socket, duplicates_socket, out_of_order = client.check(final_seq)
+        report(f"postgres_stop_restart_{OUTAGE_SECONDS:g}s", messages=final_seq,
+               acked=len(load.acked), send_statuses=dict(load.statuses),
+               read_statuses=dict(load.read_statuses),
+               five_xx_other_than_503=sum(v for k, v in (load.statuses + load.read_statuses)
+                                          .items() if isinstance(k, int) and k >= 500
+                                          and k != 503),
+               sends_during_outage=len(during),
+               max_send_seconds_during_outage=round(max((s for _, s, _ in during), default=0), 2),
+               retry_after_missing=load.retry_after_missing,
+               first_success_seconds_after_restart=recovery, lost=lost,
+               duplicate_rows=duplicate_rows, socket_lost=lost_socket,
+               socket_duplicates=duplicates_socket, socket_out_of_order=out_of_order,
+               cluster_setup_seconds=cluster.setup_seconds)
+        statuses = set(load.statuses) | set(load.read_statuses)
+        assert statuses <= {200, 201, 503}, (load.statuses, load.read_statuses)
+        assert load.statuses[503] > 0, "the outage was not seen by any send"
+        assert load.retry_after_missing == 0
+        assert max(s for _, s, _ in during) < pool_timeout + 3.0, "a send hung"
+        assert recovery is not None and recovery < 15, f"no recovery: {recovery}"
+        assert lost == 0 and duplicate_rows == 0
+        assert final_seq == len(per_cid)
+        assert (lost_socket, duplicates_socket, out_of_order) == (0, 0, 0)
+    finally:
         server.stop()
