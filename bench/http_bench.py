@@ -5,8 +5,9 @@ Usage:
         [--messages 1000000] [--out bench/results/http.md]
 
 Needs PostgreSQL and Redis (DATABASE_URL, REDIS_URL; defaults to the local
-services) and wrk (apt-get install wrk). Every server is the production server
-(uvicorn, one worker per core, HTTP through a2wsgi) started on its own database.
+services) and wrk (apt-get install wrk). Every server is the production HTTP
+server (granian's WSGI interface, one worker per core, as `make serve`) started
+on its own database; the "server" section compares it with uvicorn + a2wsgi.
 """
 
 import argparse
@@ -30,16 +31,18 @@ LOAD_PASSWORD = "bench-pass-123"
 
 
 def wrk(url, cookie=None, *, duration, connections=64, threads=2, headers=()):
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
+           "-s", str(ROOT / "bench/percentiles.lua")]
     if cookie:
         cmd += ["-H", f"Cookie: {cookie}"]
     for h in headers:
         cmd += ["-H", h]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+\w+)", out, re.M))
+    lat = {p: f"{float(v):.2f}ms" for p, v in re.findall(r"^PCT (\d+) ([\d.]+)", out, re.M)}
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return {"rps": rps, "p50": lat.get("50"), "p90": lat.get("90"), "p99": lat.get("99"),
+    return {"rps": rps, "p50": lat.get("50"), "p90": lat.get("90"), "p95": lat.get("95"),
+            "p99": lat.get("99"),
             "errors": int(non2xx.group(1)) if non2xx else 0, "raw": out}
 
 
@@ -57,9 +60,10 @@ class Bench:
                    "connection.cursor().execute('ANALYZE')")
         return time.monotonic() - t0
 
-    def server(self, extra=None, workers=None):
+    def server(self, extra=None, workers=None, http="granian"):
+        """The production HTTP server (granian WSGI, as `make serve`), or uvicorn."""
         return LiveServer(self.env, workers=workers or os.cpu_count() or 2,
-                          extra_env=extra).start()
+                          extra_env=extra, http=http, threads=self.args.threads).start()
 
     def measure(self, server, path, *, cookie=True, headers=(), label=""):
         session = login(server.url, "user1", LOAD_PASSWORD) if cookie else None
@@ -104,11 +108,12 @@ class Bench:
 
 def table(title, rows, command):
     lines = [f"### {title}", "", f"Command: `{command}`", "",
-             "| variant | req/s | p50 | p90 | p99 | non-2xx | server CPU ms/req "
+             "| variant | req/s | p50 | p90 | p95 | p99 | non-2xx | server CPU ms/req "
              "| DB connections open (mid-run) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['rps']:,.0f} | {r['p50']} | {r['p90']} | {r['p99']} "
+        lines.append(f"| {r['label']} | {r['rps']:,.0f} | {r['p50']} | {r['p90']} | {r['p95']} "
+                     f"| {r['p99']} "
                      f"| {r['errors']} | {r['cpu_ms_per_req']:.3f} | {r.get('connections')} |")
     return "\n".join(lines) + "\n"
 
@@ -118,6 +123,8 @@ def main():
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--threads", type=int, default=8,
+                        help="granian blocking threads per worker (make serve's HTTP_THREADS)")
     parser.add_argument("--out", default=str(ROOT / "bench/results/http.md"))
     args = parser.parse_args()
     command = "python bench/http_bench.py " + " ".join(sys.argv[1:])
@@ -125,23 +132,37 @@ def main():
     sections = []
     try:
         seed_seconds = bench.seed(args.messages)
-        want = set(args.only or ["cache", "metrics", "compression", "pool", "depth"])
+        want = set(args.only or ["cache", "server", "metrics", "compression", "pool", "depth"])
         if "cache" in want:
             on = bench.server()
             pid = bench.project_id(on)
+            page = f"/api/projects/{pid}/messages"
             rows = [
                 bench.measure(on, "/healthz", cookie=False,
-                              label="framework ceiling: trivial view (/healthz)"),
-                bench.measure(on, f"/api/projects/{pid}/messages",
-                              label="first history page, cached"),
+                              label="framework ceiling: trivial view (/healthz) through Django"),
+                bench.measure(on, page, label="first history page, cached, hot path"),
             ]
             on.stop()
+            django_path = bench.server({"HOT_PATH": "false"})
+            rows.append(bench.measure(django_path, page,
+                                      label="first history page, cached, through Django"))
+            django_path.stop()
             off = bench.server({"CACHE_HOT_READS": "false"})
-            rows.append(bench.measure(off, f"/api/projects/{pid}/messages",
-                                      label="first history page, uncached"))
+            rows.append(bench.measure(off, page, label="first history page, uncached"))
             off.stop()
-            sections.append(table("Cached vs uncached first history page (64 connections)",
-                                  rows, command))
+            sections.append(table("Cached vs uncached first history page (granian, 64 "
+                                  "connections)", rows, command))
+        if "server" in want:
+            rows = []
+            for http, name in (("granian", "granian WSGI"), ("uvicorn", "uvicorn + a2wsgi")):
+                for extra, path_name in (({}, "hot path"), ({"HOT_PATH": "false"}, "Django")):
+                    srv = bench.server(extra, http=http)
+                    pid = bench.project_id(srv)
+                    rows.append(bench.measure(srv, f"/api/projects/{pid}/messages",
+                                              label=f"{name}, cached page, {path_name}"))
+                    srv.stop()
+            sections.append(table("HTTP server: granian WSGI vs uvicorn + a2wsgi (cached first "
+                                  "history page)", rows, command))
         if "metrics" in want:
             rows = []
             for label, extra in (("metrics on", {}), ("metrics off", {"ENABLE_METRICS": "false"})):

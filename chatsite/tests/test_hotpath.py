@@ -89,10 +89,14 @@ def test_cached_page_is_served_with_no_query_and_the_same_answer_as_django(
         apps, warm, project, django_assert_num_queries):
     hot, plain = apps
     env = environ(messages_path(project), warm)
-    before = served()
+    labels = {"method": "GET", "endpoint": "/api/projects/{project_id}/messages",
+              "status": "200"}
+    before, counted = served(), REGISTRY.get_sample_value("http_requests_total", labels) or 0
     with django_assert_num_queries(0):
         status, headers, body = call(hot, env)
     assert served() == before + 1
+    # Counted in the guide's request metrics like any other request.
+    assert REGISTRY.get_sample_value("http_requests_total", labels) == counted + 1
     ref_status, ref_headers, ref_body = call(plain, environ(messages_path(project), warm))
     assert (status, body) == (ref_status, ref_body) == (200, ref_body)
     assert [m["content"] for m in orjson.loads(body)["items"]] == [
