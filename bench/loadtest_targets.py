@@ -4,7 +4,8 @@ Usage:
     .venv/bin/python bench/loadtest_targets.py [--users 500] [--projects 25]
         [--duration 60] [--message-rate 120] [--workers 2]
 
-Starts `uvicorn chatsite.asgi` (one worker per core) on a fresh database, seeds
+Starts `make serve`'s layout (HTTP on granian's WSGI interface, sockets on
+`uvicorn chatsite.asgi`, one worker per core each) on a fresh database, seeds
 the load-test users with `seed_demo --loadtest`, and runs `manage.py loadtest`,
 which prints the targets tables. Loopback only; bounded by --duration.
 """
@@ -39,15 +40,19 @@ def main():
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.extra)
     env, close = make_live_env(extra)
-    server = None
+    server = sockets = None
     try:
         run_manage(env, "seed_demo", "--loadtest", "--users", str(args.users),
                    "--loadtest-projects", str(args.projects), "--messages", "2000",
                    "--password", PASSWORD, timeout=600)
-        server = LiveServer(env, workers=args.workers).start()
-        before = server.cpu_seconds()
+        # make serve's layout: sockets on uvicorn, HTTP on granian (WSGI).
+        sockets = LiveServer(env, workers=args.workers).start()
+        server = LiveServer(env, workers=args.workers, http="granian",
+                            extra_env={"WS_PUBLIC_URL": sockets.ws_url}).start()
+        before = server.cpu_seconds() + sockets.cpu_seconds()
         started = time.monotonic()
         cmd = [sys.executable, "manage.py", "loadtest", "--url", server.url,
+               "--ws-url", sockets.ws_url,
                "--users", str(args.users), "--spawn-rate", str(args.spawn_rate),
                "--duration", str(args.duration), "--projects", str(args.projects),
                "--password", PASSWORD, "--message-rate", str(args.message_rate),
@@ -60,14 +65,16 @@ def main():
         elapsed = time.monotonic() - started
         print(proc.stdout)
         print(proc.stderr[-3000:], file=sys.stderr)
-        cpu = server.cpu_seconds() - before
+        cpu = server.cpu_seconds() + sockets.cpu_seconds() - before
         print(f"server CPU: {cpu:.1f} s over {elapsed:.0f} s = {cpu / elapsed * 100:.0f}% of one "
               f"core ({args.workers} workers); load average now {os.getloadavg()}")
-        errors = [line for line in server.output().splitlines() if "Traceback" in line]
+        errors = [line for srv in (server, sockets) for line in srv.output().splitlines()
+                  if "Traceback" in line]
         print(f"server tracebacks: {len(errors)}")
     finally:
-        if server is not None:
-            server.stop()
+        for srv in (server, sockets):
+            if srv is not None:
+                srv.stop()
         close()
 
 

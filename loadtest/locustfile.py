@@ -38,6 +38,7 @@ counter that follows a project's numbers (highest number, deliveries, gaps,
 tail, the drain) is kept per project and summed in the result.
 
 Environment (all optional):
+  LOADTEST_WS_URL         ws(s):// base of the socket server (default: the host's)
   LOADTEST_USERS_PREFIX   username prefix (default "load")
   LOADTEST_PASSWORD       their password (default "demo-pass-123", seed_demo's)
   LOADTEST_ACCOUNTS       how many accounts exist; names wrap around (0: no wrap)
@@ -80,6 +81,7 @@ from locust.exception import StopUser
 logger = logging.getLogger("loadtest")
 
 PREFIX = os.environ.get("LOADTEST_USERS_PREFIX", "load")
+WS_URL = os.environ.get("LOADTEST_WS_URL", "").rstrip("/")
 PASSWORD = os.environ.get("LOADTEST_PASSWORD", "demo-pass-123")
 ACCOUNTS = int(os.environ.get("LOADTEST_ACCOUNTS", "0") or 0)
 FIRST_INDEX = int(os.environ.get("LOADTEST_FIRST_INDEX", "0") or 0)
@@ -195,9 +197,12 @@ class ProjectSocket:
 
     # -- connection --
     def _url(self, after):
-        base = urlparse(self.user.host)
-        scheme = "wss" if base.scheme == "https" else "ws"
-        url = f"{scheme}://{base.netloc}/ws/projects/{self.project_id}/"
+        if WS_URL:  # a socket server of its own (make serve)
+            url = f"{WS_URL}/ws/projects/{self.project_id}/"
+        else:
+            base = urlparse(self.user.host)
+            scheme = "wss" if base.scheme == "https" else "ws"
+            url = f"{scheme}://{base.netloc}/ws/projects/{self.project_id}/"
         return url + (f"?after={after}" if after is not None else "")
 
     def connect(self):

@@ -114,6 +114,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--url", default="http://127.0.0.1:8000",
                             help="base URL of the server (default http://127.0.0.1:8000)")
+        parser.add_argument("--ws-url", default=None,
+                            help="base ws(s):// URL of the socket server when it is not "
+                                 "--url's (make serve: ws://127.0.0.1:8001)")
         parser.add_argument("--users", type=int, default=500,
                             help="concurrent locust users (default 500)")
         parser.add_argument("--spawn-rate", type=float, default=None,
@@ -184,6 +187,15 @@ class Command(BaseCommand):
                 "Load tests are for your own machine; pass --allow-remote to run against "
                 "a server you operate elsewhere."
             )
+        ws_url = options["ws_url"]
+        if ws_url:
+            ws_parts = urlparse(ws_url)
+            if ws_parts.scheme not in ("ws", "wss") or not ws_parts.hostname:
+                raise CommandError(f"--ws-url must be a ws(s) URL like ws://127.0.0.1:8001, "
+                                   f"not {ws_url!r}.")
+            if not options["allow_remote"] and not is_loopback(ws_parts.hostname):
+                raise CommandError(f"Refusing to load-test {ws_parts.hostname!r}: it is not a "
+                                   "loopback address; pass --allow-remote to allow it.")
         if options["users"] < 1:
             raise CommandError("--users must be at least 1.")
         if options["projects"] < 1:
@@ -354,6 +366,7 @@ class Command(BaseCommand):
             "LOADTEST_DRAIN_MAX_SECONDS": str(options["drain_max"]),
             "LOADTEST_RESULT_FILE": result_file,
             "LOADTEST_RUN_ID": uuid.uuid4().hex[:12],
+            "LOADTEST_WS_URL": (options["ws_url"] or "").rstrip("/"),
         })
         for name in ("LOADTEST_PROJECT_ID", "LOADTEST_PROJECT_IDS", "LOADTEST_PROJECTS",
                      "LOADTEST_PROJECT_NAME"):
