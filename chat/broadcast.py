@@ -60,6 +60,11 @@ def bus_channel(project_id):
     return f"{settings.BUS_PREFIX}:{project_group(project_id)}"
 
 
+# Messages per frame when a hub catches up from the database (a lost publish,
+# a Redis outage): late already, they go in few frames rather than in batches.
+CATCH_UP_FRAME = 200
+
+
 def encode_frame(payload):
     """Encode one server-to-client frame once, as text."""
     return orjson.dumps(payload).decode()
@@ -454,10 +459,18 @@ class ProjectHub:
                 merged.setdefault(cs, m)
             self.buffer = {}
             # The database is authoritative up to `upto`: numbers it does not
-            # hold there belong to messages changed again later.
+            # hold there belong to messages changed again later. What is late
+            # goes out at once in frames of up to CATCH_UP_FRAME messages: in
+            # batches of BROADCAST_MAX_BATCH a large gap would hand a socket
+            # more frames in one loop turn than its queue holds (4008).
+            self.flush()
             for cs in sorted(merged):
                 if cs > self.last_seq:
-                    self._accept(merged[cs])
+                    self.last_seq = cs
+                    self.pending.append(merged[cs])
+                    if len(self.pending) >= CATCH_UP_FRAME:
+                        self.flush()
+            self.flush()
         except Exception:
             logger.warning("event=catch_up_failed project=%s", self.project_id, exc_info=True)
         finally:

@@ -255,6 +255,23 @@ async def test_gap_is_filled_from_the_database(member, owner, project):
     await comm.disconnect()
 
 
+async def test_large_catch_up_comes_in_few_frames_and_closes_no_socket(member, owner, project):
+    # A bus that lost 30 publishes (a Redis outage): the hub fills the gap from
+    # the database. In batches of one that is 30 frames in one loop turn, ten
+    # times this socket's queue; catch-up frames carry up to CATCH_UP_FRAME.
+    with override_settings(WS_SEND_QUEUE_FRAMES=3):
+        comm = await open_socket(member, project.pk)
+    hub = broadcast.get_registry().hubs[project.pk]
+    hub.feed_raw = lambda data: None  # the bus is down
+    with override_settings(BROADCAST_MAX_BATCH=1):
+        await send_as(owner, project, 30)
+        hub.request_catch_up()
+        frames, messages = await collect_messages(comm, 30, timeout=10)
+    assert [m["changed_seq"] for m in messages] == list(range(1, 31))
+    assert len(frames) == 1
+    await comm.disconnect()
+
+
 # --- replay --------------------------------------------------------------------------
 
 
