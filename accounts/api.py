@@ -11,6 +11,7 @@ from accounts.ratelimit import (
     retry_after,
 )
 from chat.serializers import serialize_user
+from chatsite.api import BODY_ERRORS, documented
 from chatsite.errors import ChatError, Forbidden, NotAuthenticated, RateLimited
 
 router = Router(tags=["auth"])
@@ -21,13 +22,14 @@ class LoginIn(Schema):
     password: str
 
 
-@router.get("/csrf", auth=None)
+@router.get("/csrf", auth=None, openapi_extra=documented({200: "CsrfToken"}))
 def csrf(request):
     """Return the CSRF token and set its cookie."""
     return {"csrf_token": get_token(request)}
 
 
-@router.post("/login", auth=None)
+@router.post("/login", auth=None, openapi_extra=documented(
+    {200: "UserBody"}, (*BODY_ERRORS, 401, 403, 429)))
 def login_view(request, payload: LoginIn):
     """Sign in with username and password; sets the session cookie."""
     if check_csrf(request) is not None:
@@ -47,13 +49,14 @@ def login_view(request, payload: LoginIn):
     return {"user": serialize_user(user)}
 
 
-@router.post("/logout", auth=django_auth, response={204: None})
+@router.post("/logout", auth=django_auth, response={204: None},
+             openapi_extra=documented({204: None}, (401, 403)))
 def logout_view(request):
     logout(request)
     return 204, None
 
 
-@router.get("/me", auth=django_auth)
+@router.get("/me", auth=django_auth, openapi_extra=documented({200: "UserBody"}, (401,)))
 def me(request):
     return {"user": serialize_user(request.user)}
 

@@ -9,7 +9,16 @@ from ninja.security import django_auth
 from chat import actions, selectors
 from chat.search import search_messages
 from chat.serializers import serialize_mention, serialize_message, serialize_messages
-from chatsite.api import parse_positive_int
+from chatsite.api import (
+    BODY_ERRORS,
+    SIGNED_IN,
+    UNSAFE,
+    check_query_is_utf8,
+    documented,
+    page_query,
+    parse_positive_int,
+    query_param,
+)
 from chatsite.errors import BadRequest, Forbidden, NotFound
 from projects.access import access_project
 from projects.api import page_params
@@ -18,6 +27,12 @@ router = Router(tags=["messages"], auth=django_auth)
 
 
 MAX_CURSOR_LIMIT = 200
+
+ID_QUERY = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+# q is stripped (str.strip: these are Python's spaces) and may not hold a NUL.
+SEARCH_QUERY_PATTERN = (r"^[^\u0000]*[^\u0000\t-\r\u001c-\u001f \u0085\u00a0\u1680"
+                        r"\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$")
+LIMIT_QUERY = query_param("limit", ID_QUERY, "Items at most (default 50; clamped to 200).")
 
 
 class MessageIn(Schema):
@@ -30,7 +45,9 @@ class EditIn(Schema):
     content: str
 
 
-@router.get("/messages")
+@router.get("/messages", openapi_extra=documented(
+    {200: "MessagePage"}, (400, *SIGNED_IN, 403, 404),
+    page_query(query_param("project_id", ID_QUERY, "The project.", required=True))))
 def list_messages(request):
     """Page-numbered history of a project, newest first (the guide's shape)."""
     project_id = parse_positive_int(request.GET.get("project_id"), "project_id")
@@ -40,7 +57,12 @@ def list_messages(request):
     )
 
 
-@router.get("/projects/{int:project_id}/messages")
+@router.get("/projects/{int:project_id}/messages", openapi_extra=documented(
+    {200: "MessageCursor"}, (400, *SIGNED_IN, 403, 404), [
+        query_param("before", ID_QUERY, "Page back: messages with seq below this."),
+        query_param("after", {**ID_QUERY, "minimum": 0},
+                    "Catch up: changes with changed_seq above this (not with before)."),
+        LIMIT_QUERY]))
 def project_messages(request, project_id: int):
     """Cursor history by seq: `before` pages back, `after` catches up by changed_seq."""
     before = request.GET.get("before")
@@ -56,7 +78,9 @@ def project_messages(request, project_id: int):
     ))
 
 
-@router.get("/mentions")
+@router.get("/mentions", openapi_extra=documented(
+    {200: "MentionCursor"}, (400, *SIGNED_IN),
+    [query_param("before", ID_QUERY, "A mention id (cursor)."), LIMIT_QUERY]))
 def list_mentions(request):
     """My mentions in my projects, newest first; `before` is a mention id (cursor)."""
     before = request.GET.get("before")
@@ -77,7 +101,8 @@ def json_body(body):
     return HttpResponse(body, content_type="application/json")
 
 
-@router.post("/messages", response={200: dict, 201: dict})
+@router.post("/messages", response={200: dict, 201: dict}, openapi_extra=documented(
+    {200: "Message", 201: "Message"}, (*BODY_ERRORS, *UNSAFE, 404, 409)))
 def send_message(request, payload: MessageIn):
     """Send a message; a repeated client_msg_id answers 200 with the existing one."""
     message, created = actions.check_send_message(
@@ -103,7 +128,8 @@ def _describe_seconds(seconds):
     return f"{seconds} second{'s' if seconds != 1 else ''}"
 
 
-@router.patch("/messages/{int:message_id}")
+@router.patch("/messages/{int:message_id}", openapi_extra=documented(
+    {200: "Message"}, (*BODY_ERRORS, *UNSAFE, 404)))
 def edit_message(request, message_id: int, payload: EditIn):
     """The author edits a message within the edit window."""
     message, _ = _own_message(request, message_id)
@@ -121,7 +147,8 @@ def edit_message(request, message_id: int, payload: EditIn):
     return serialize_message(actions.do_edit_message(message, content))
 
 
-@router.delete("/messages/{int:message_id}", response={204: None})
+@router.delete("/messages/{int:message_id}", response={204: None},
+               openapi_extra=documented({204: None}, (*UNSAFE, 404)))
 def delete_message(request, message_id: int):
     """The author or a project admin deletes a message, leaving a tombstone."""
     message, membership = _own_message(request, message_id)
@@ -132,9 +159,16 @@ def delete_message(request, message_id: int):
     return 204, None
 
 
-@router.get("/search")
+@router.get("/search", openapi_extra=documented(
+    {200: "MessageCursor"}, (400, *SIGNED_IN, 403, 404), [
+        query_param("q", {"type": "string", "pattern": SEARCH_QUERY_PATTERN},
+                    "Words to find: not only spaces, no NUL.", required=True),
+        query_param("project_id", ID_QUERY, "Only in this project."),
+        query_param("before", ID_QUERY, "A message id (cursor)."),
+        query_param("limit", ID_QUERY, "Items at most (default 50; clamped to 100).")]))
 def search(request):
     """Full-text search in the caller's projects, newest first."""
+    check_query_is_utf8(request)
     query = (request.GET.get("q") or "").strip()
     if not query:
         raise BadRequest("q is required.", fields={"q": "required"})

@@ -1,11 +1,14 @@
 """The JSON API: one NinjaAPI, orjson both ways, one error shape."""
 
 import logging
+from decimal import Decimal
+from urllib.parse import unquote_to_bytes
 
 import orjson
 from django.core.exceptions import RequestDataTooBig
 from django.db import OperationalError
-from django.http import Http404
+from django.http import Http404, RawPostDataException
+from django.http.multipartparser import MultiPartParserError
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
@@ -28,7 +31,134 @@ class ORJSONParser(Parser):
         return orjson.loads(request.body)
 
 
-api = NinjaAPI(
+# --- what the schema documents (OpenAPI only: nothing here validates at run time) ---
+
+
+def ref(name):
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(properties, required=None, **extra):
+    return {"type": "object", "properties": properties,
+            "required": list(properties) if required is None else required, **extra}
+
+
+INT = {"type": "integer"}
+STR = {"type": "string"}
+BOOL = {"type": "boolean"}
+TIME = {"type": "string", "format": "date-time"}
+NULLABLE_INT = {"type": ["integer", "null"]}
+
+# The bodies the views answer with (chat/serializers.py), as components.
+COMPONENT_SCHEMAS = {
+    "Error": _object({"error": _object({
+        "code": {"type": "string", "minLength": 1},
+        "message": {"type": "string", "minLength": 1},
+        "fields": {"type": "object", "additionalProperties": STR},
+    }, additionalProperties=False)}, additionalProperties=False),
+    "User": _object({"id": INT, "username": STR}),
+    "UserBody": _object({"user": ref("User")}),
+    "CsrfToken": _object({"csrf_token": STR}),
+    "Project": _object(
+        {"id": INT, "name": STR, "description": STR, "owner_id": INT, "is_private": BOOL,
+         "is_active": BOOL, "created_at": TIME, "seq": INT, "role": STR,
+         "last_read_seq": INT, "unread_count": INT, "mention_count": INT,
+         "member_count": INT},
+        required=["id", "name", "description", "owner_id", "is_private", "is_active",
+                  "created_at", "seq"]),
+    "ProjectPage": _object({"items": {"type": "array", "items": ref("Project")},
+                            "total": INT, "page": INT, "per_page": INT,
+                            "has_next": BOOL, "has_prev": BOOL}),
+    "Membership": _object({"project_id": INT, "user": ref("User"), "role": STR}),
+    "ReadMark": _object({"project_id": INT, "last_read_seq": INT}),
+    "Message": _object({
+        "id": INT, "project_id": INT, "seq": INT, "changed_seq": INT, "user": ref("User"),
+        "content": STR, "created_at": TIME, "edited_at": {"type": ["string", "null"]},
+        "deleted": BOOL, "client_msg_id": {"type": ["string", "null"]},
+    }),
+    "MessagePage": _object({"items": {"type": "array", "items": ref("Message")},
+                            "total": INT, "page": INT, "per_page": INT,
+                            "has_next": BOOL, "has_prev": BOOL}),
+    "MessageCursor": _object({"items": {"type": "array", "items": ref("Message")},
+                              "has_more": BOOL, "next_cursor": NULLABLE_INT}),
+    "Mention": {"allOf": [ref("Message"), _object({"mention_id": INT, "project_name": STR})]},
+    "MentionCursor": _object({"items": {"type": "array", "items": ref("Mention")},
+                              "has_more": BOOL, "next_cursor": NULLABLE_INT}),
+}
+
+ERROR_STATUSES = {
+    400: "Malformed: not JSON, or a query, path or body value of the wrong kind.",
+    401: "Not signed in.",
+    403: "Not allowed (includes csrf_failed for an unsafe method without X-CSRFToken).",
+    404: "No such object, or not visible to the caller.",
+    409: "Conflict with the current state.",
+    413: "The request body is too large.",
+    422: "Well-formed but not valid (a rule of the domain).",
+    429: "Rate-limited; see Retry-After.",
+    503: "A dependency (the database) is unavailable; see Retry-After.",
+}
+SUCCESS_DESCRIPTIONS = {200: "OK", 201: "Created", 204: "No Content"}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait.", "required": True,
+                               "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+# Every request may meet an unavailable database.
+ALWAYS = (503,)
+
+
+def query_param(name, schema, description, required=False):
+    param = {"in": "query", "name": name, "required": required, "schema": schema,
+             "description": description}
+    if not required:
+        param["allowEmptyValue"] = True  # parse_positive_int reads "" as absent
+    return param
+
+
+def page_query(*extra):
+    return [*extra,
+            query_param("page", {"type": "integer", "minimum": 1, "maximum": 10**9},
+                        "Page number, from 1."),
+            query_param("per_page", {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+                        "Items a page (default 50; above 100 is clamped to 100).")]
+
+
+def documented(success, errors=(), query=()):
+    """openapi_extra of an operation: its success bodies, error statuses and query parameters.
+
+    success maps a status to a component name (None: no body); every status in
+    errors answers the Error component. The views read their query parameters
+    themselves (parse_positive_int), so the schema names them here.
+    """
+    responses = {}
+    for status, name in success.items():
+        entry = {"description": SUCCESS_DESCRIPTIONS[status]}
+        if name:
+            entry["content"] = {"application/json": {"schema": ref(name)}}
+        responses[str(status)] = entry
+    for status in sorted({*errors, *ALWAYS}):
+        entry = {"description": ERROR_STATUSES[status],
+                 "content": {"application/json": {"schema": ref("Error")}}}
+        if status in (429, 503):
+            entry["headers"] = RETRY_AFTER
+        responses[str(status)] = entry
+    extra = {"responses": responses}
+    if query:
+        extra["parameters"] = list(query)
+    return extra
+
+
+# Statuses shared by kinds of operation.
+BODY_ERRORS = (400, 413, 422)  # a JSON body: malformed, too large, invalid
+SIGNED_IN = (401,)
+UNSAFE = (401, 403)  # signed in, with the CSRF token
+
+
+class ChatAPI(NinjaAPI):
+    def get_openapi_schema(self, **kwargs):
+        schema = super().get_openapi_schema(**kwargs)
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(COMPONENT_SCHEMAS)
+        return schema
+
+
+api = ChatAPI(
     title="Chat API",
     version="1.0",
     renderer=ORJSONRenderer(),
@@ -101,6 +231,18 @@ def on_body_too_big(request, exc):
     return error_response(request, 413, "too_large", "The request body is too large.")
 
 
+@api.exception_handler(MultiPartParserError)
+@api.exception_handler(RawPostDataException)
+def on_unreadable_body(request, exc):
+    # Found by schemathesis: a multipart Content-Type without a valid boundary
+    # made the CSRF check's request.POST raise, and a multipart body read as
+    # form data cannot be read again as JSON. Bad input, not a 500.
+    return error_response(
+        request, 400, "bad_request", "The request body cannot be read: send JSON.",
+        {"body": "unreadable"},
+    )
+
+
 @api.exception_handler(OperationalError)
 def on_database_down(request, exc):
     logger.error("event=database_unavailable path=%s error=%s", request.path, exc)
@@ -114,6 +256,23 @@ def on_database_down(request, exc):
 def on_unexpected(request, exc):
     logger.exception("event=api_error path=%s", request.path)
     return error_response(request, 500, "internal", "Something went wrong on our side.")
+
+
+def check_query_is_utf8(request):
+    """Raise a 400 when the raw query string is not UTF-8 once percent-decoded.
+
+    Django decodes it leniently (U+FFFD for bad bytes); a text parameter such
+    as search's q would then be used as garbled text instead of refused.
+    """
+    from chatsite.errors import BadRequest
+
+    raw = request.META.get("QUERY_STRING", "")
+    try:
+        unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
+    except UnicodeEncodeError:
+        return  # already text (not from a PEP 3333 server): nothing undecodable
+    except UnicodeDecodeError:
+        raise BadRequest("The query string is not valid UTF-8.", fields={"query": "not_utf8"})
 
 
 # Numbers the database compares or offsets by must fit a signed 64-bit integer.
@@ -131,12 +290,21 @@ def parse_positive_int(value, name, *, default=None, minimum=1, maximum=MAX_QUER
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise BadRequest(f"{name} must be a whole number.", fields={name: "not_a_number"})
+        # "10.0" and "1e3" are whole numbers too (a JSON Schema integer; found
+        # by schemathesis). Compared as a Decimal before int(): "1e999999999"
+        # must not become a billion-digit int.
+        try:
+            number = Decimal(value)
+            whole = number.is_finite() and number == number.to_integral_value()
+        except (TypeError, ValueError, ArithmeticError):
+            whole = False
+        if not whole:
+            raise BadRequest(f"{name} must be a whole number.", fields={name: "not_a_number"})
     if number < minimum:
         raise BadRequest(f"{name} must be at least {minimum}.", fields={name: "too_small"})
     if number > maximum:
         raise BadRequest(f"{name} must be at most {maximum}.", fields={name: "too_large"})
-    return number
+    return int(number)
 
 
 api.add_router("/auth", "accounts.api.router")

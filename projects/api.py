@@ -4,7 +4,7 @@ from ninja import Router, Schema
 from ninja.security import django_auth
 
 from chat.serializers import serialize_project
-from chatsite.api import parse_positive_int
+from chatsite.api import BODY_ERRORS, SIGNED_IN, UNSAFE, documented, page_query, parse_positive_int
 from projects import actions, selectors
 from projects.access import access_project, get_active_project
 
@@ -45,7 +45,7 @@ def paginated(items, total, page, per_page):
     }
 
 
-@router.get("")
+@router.get("", openapi_extra=documented({200: "ProjectPage"}, (400, *SIGNED_IN), page_query()))
 def list_projects(request):
     """The caller's active projects with unread counts, page-numbered."""
     page, per_page = page_params(request)
@@ -53,7 +53,8 @@ def list_projects(request):
     return HttpResponse(body, content_type="application/json")
 
 
-@router.post("", response={201: dict})
+@router.post("", response={201: dict},
+             openapi_extra=documented({201: "Project"}, (*BODY_ERRORS, *UNSAFE)))
 def create_project(request, payload: ProjectIn):
     project = actions.check_create_project(
         request.user,
@@ -64,7 +65,8 @@ def create_project(request, payload: ProjectIn):
     return 201, serialize_project(project, member_count=1)
 
 
-@router.get("/{int:project_id}")
+@router.get("/{int:project_id}",
+            openapi_extra=documented({200: "Project"}, (*SIGNED_IN, 403, 404)))
 def get_project(request, project_id: int):
     """Details of a project: members see any; others see public ones."""
     project = get_active_project(project_id)
@@ -73,19 +75,23 @@ def get_project(request, project_id: int):
     return serialize_project(project, member_count=selectors.count_members(project))
 
 
-@router.post("/{int:project_id}/join")
+@router.post("/{int:project_id}/join",
+             openapi_extra=documented({200: "Project"}, (*UNSAFE, 404)))
 def join_project(request, project_id: int):
     project, membership = actions.do_join_project(request.user, project_id)
     return serialize_project(project, membership=membership)
 
 
-@router.post("/{int:project_id}/leave", response={204: None})
+@router.post("/{int:project_id}/leave", response={204: None},
+             openapi_extra=documented({204: None}, (*UNSAFE, 404, 409)))
 def leave_project(request, project_id: int):
     actions.do_leave_project(request.user, project_id)
     return 204, None
 
 
-@router.post("/{int:project_id}/members", response={200: dict, 201: dict})
+@router.post("/{int:project_id}/members", response={200: dict, 201: dict},
+             openapi_extra=documented({200: "Membership", 201: "Membership"},
+                                      (*BODY_ERRORS, *UNSAFE, 404)))
 def add_member(request, project_id: int, payload: MemberIn):
     project, membership, created = actions.do_add_member(
         request.user, project_id, payload.username
@@ -95,7 +101,8 @@ def add_member(request, project_id: int, payload: MemberIn):
     return (201 if created else 200), body
 
 
-@router.post("/{int:project_id}/read")
+@router.post("/{int:project_id}/read",
+             openapi_extra=documented({200: "ReadMark"}, (*BODY_ERRORS, *UNSAFE, 404)))
 def mark_read(request, project_id: int, payload: ReadIn):
     last_read_seq = actions.do_mark_read(request.user, project_id, payload.seq)
     return {"project_id": project_id, "last_read_seq": last_read_seq}
