@@ -92,12 +92,17 @@ def project(owner, member):
 
 
 @pytest.fixture
-def send(db):
-    """Send messages through the real action; returns the created messages."""
+def send(db, django_capture_on_commit_callbacks):
+    """Send messages through the real action, each with its on-commit work run as
+    after a real commit (cache version bump, broadcast); returns the messages."""
     from chat.actions import do_send_message
 
     def send(user, project, n=1, prefix="hello"):
-        return [do_send_message(user, project.pk, f"{prefix} {i}")[0] for i in range(n)]
+        sent = []
+        for i in range(n):
+            with django_capture_on_commit_callbacks(execute=True):
+                sent.append(do_send_message(user, project.pk, f"{prefix} {i}")[0])
+        return sent
 
     return send
 

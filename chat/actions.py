@@ -28,11 +28,15 @@ MENTION_BATCH_SIZE = 500
 
 
 def notify_change(message):
-    """After commit: retire the project's cached reads, then broadcast the change."""
+    """After commit: retire the project's cached reads, then broadcast the change.
+
+    No Redis call happens inside the transaction: it holds the project row
+    lock, and a slow Redis would hold every other sender of the project with
+    it. One bump after commit is enough: a body built from the rows before the
+    commit was tagged with a version read before the bump, which the bump
+    retires; a reader that sees the bumped version reads after the commit.
+    """
     project_id = message.project_id
-    # Bumped now and again after commit: a reader that rebuilt from the old
-    # rows in between is retired too.
-    bump_version("project", project_id)
     transaction.on_commit(lambda: bump_version("project", project_id))
     broadcast.broadcast_on_commit(message)
 

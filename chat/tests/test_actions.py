@@ -203,3 +203,16 @@ def test_edit_and_delete_publish_their_change(
         (2, "edited", False),
         (3, "", True),
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_send_touches_the_cache_only_after_commit(owner, project, monkeypatch):
+    # The send's transaction holds the project's row lock (take_next_seq): a cache
+    # call in it would make every sender of the project wait out Redis latency.
+    from django.db import connection
+
+    calls = []
+    monkeypatch.setattr(actions, "bump_version",
+                        lambda scope, ident: calls.append((scope, connection.in_atomic_block)))
+    actions.do_send_message(owner, project.pk, "after commit")
+    assert calls == [("project", False)]

@@ -221,27 +221,35 @@ def project_item(client, project):
     return next(item for item in body["items"] if item["id"] == project.pk)
 
 
-def test_mention_count_is_unread_mentions_in_live_messages(owner, member, project):
+def test_mention_count_is_unread_mentions_in_live_messages(
+        owner, member, project, django_capture_on_commit_callbacks):
+    # Each write's on-commit work (the cache version bump) runs as after a commit.
+    def committed(fn, *args):
+        with django_capture_on_commit_callbacks(execute=True):
+            return fn(*args)
+
     client = login_client(member)
     assert project_item(client, project)["mention_count"] == 0
-    send(owner, project, "@member one")
-    send(owner, project, "@all two")
-    deleted = send(owner, project, "@member three")
-    send(owner, project, "no mention")
+    committed(send, owner, project, "@member one")
+    committed(send, owner, project, "@all two")
+    deleted = committed(send, owner, project, "@member three")
+    committed(send, owner, project, "no mention")
     assert project_item(client, project)["mention_count"] == 3
-    actions.do_delete_message(deleted)
+    committed(actions.do_delete_message, deleted)
     assert project_item(client, project)["mention_count"] == 2
-    do_mark_read(member, project.pk, Project.objects.get(pk=project.pk).seq)
+    committed(do_mark_read, member, project.pk, Project.objects.get(pk=project.pk).seq)
     assert project_item(client, project)["mention_count"] == 0
-    send(owner, project, "@member again")
+    committed(send, owner, project, "@member again")
     assert project_item(client, project)["mention_count"] == 1
 
 
-def test_mention_count_follows_an_edit(owner, member, project):
+def test_mention_count_follows_an_edit(owner, member, project,
+                                       django_capture_on_commit_callbacks):
     client = login_client(member)
     message = send(owner, project, "hello")
     assert project_item(client, project)["mention_count"] == 0
-    actions.do_edit_message(message, "hello @member")
+    with django_capture_on_commit_callbacks(execute=True):
+        actions.do_edit_message(message, "hello @member")
     assert project_item(client, project)["mention_count"] == 1
 
 

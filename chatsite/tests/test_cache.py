@@ -34,7 +34,7 @@ def test_second_read_is_served_without_touching_the_database(
 
 
 def test_send_retires_only_the_affected_projects_entries(
-    owner, member, project, send, client_member
+    owner, member, project, send, client_member, django_capture_on_commit_callbacks
 ):
     other = do_create_project(owner, name="Other")
     do_join_project(member, other.pk)
@@ -43,7 +43,8 @@ def test_send_retires_only_the_affected_projects_entries(
     url, other_url = (f"/api/projects/{p.pk}/messages" for p in (project, other))
     client_member.get(url)
     client_member.get(other_url)
-    do_send_message(owner, project.pk, "fresh")
+    with django_capture_on_commit_callbacks(execute=True):  # the bump runs after commit
+        do_send_message(owner, project.pk, "fresh")
     items = client_member.get(url).json()["items"]
     assert items[0]["content"] == "fresh"
     with CaptureQueriesContext(connection) as queries:
@@ -51,13 +52,15 @@ def test_send_retires_only_the_affected_projects_entries(
     assert len(queries) == 0  # the other project's entry is still served
 
 
-def test_edit_and_delete_retire_the_cached_page(owner, project, send, client_member):
+def test_edit_and_delete_retire_the_cached_page(
+        owner, project, send, client_member, django_capture_on_commit_callbacks):
     from chat.actions import do_delete_message, do_edit_message
 
     first, second = send(owner, project, 2)
     client_member.get(f"/api/projects/{project.pk}/messages")
-    do_edit_message(first, "changed")
-    do_delete_message(second)
+    with django_capture_on_commit_callbacks(execute=True):  # the bumps run after commit
+        do_edit_message(first, "changed")
+        do_delete_message(second)
     items = client_member.get(f"/api/projects/{project.pk}/messages").json()["items"]
     assert [(m["content"], m["deleted"]) for m in items] == [("", True), ("changed", False)]
 
