@@ -133,7 +133,8 @@ def main():
     sections = []
     try:
         seed_seconds = bench.seed(args.messages)
-        want = set(args.only or ["cache", "server", "metrics", "compression", "pool", "depth"])
+        want = set(args.only or ["cache", "server", "metrics", "compression", "static", "pool",
+                                 "depth"])
         if "cache" in want:
             on = bench.server()
             pid = bench.project_id(on)
@@ -192,6 +193,16 @@ def main():
             srv.stop()
             sections.append(table("Compressed vs uncompressed history page", rows, command)
                             + f"\nBytes on the wire: {json.dumps(sizes)}\n")
+        if "static" in want:
+            srv = bench.server()
+            manifest = json.loads((ROOT / "staticfiles" / "staticfiles.json").read_text())
+            hashed = "/static/" + manifest["paths"]["chat/chat.js"]
+            rows = [bench.measure(srv, hashed, cookie=False, headers=hdrs,
+                                  label=f"hashed chat.js, {label}")
+                    for label, hdrs in (("identity", ()), ("brotli", ("Accept-Encoding: br",)))]
+            srv.stop()
+            sections.append(table("Static files from whitenoise (hashed, precompressed at "
+                                  "collectstatic)", rows, command))
         if "pool" in want:
             rows = []
             for label, extra in (("psycopg pool", {}),

@@ -10,10 +10,11 @@ from tests.live import ROOT, LiveServer, make_live_env
 pytestmark = [pytest.mark.live]
 
 
-@pytest.fixture(scope="module")
-def server():
+@pytest.fixture(scope="module", params=["granian", "uvicorn"])
+def server(request):
+    """Both of make serve's servers: granian (HTTP) and uvicorn (sockets, HTTP in tests)."""
     env, close = make_live_env()
-    server = LiveServer(env).start()
+    server = LiveServer(env, http=request.param).start()
     yield server
     server.stop()
     close()
