@@ -17,7 +17,7 @@ from chat.mentions import find_mentions
 from chat.models import Mention, Message
 from chatsite.cache import bump_version
 from chatsite.errors import Conflict, Invalid
-from projects.access import access_project
+from projects.access import access_project_cached
 from projects.models import Membership
 
 # `@all` writes one row per member inside the send's transaction, which holds
@@ -78,11 +78,15 @@ def check_client_msg_id(value):
 
 
 def check_send_message(user, project_id, content, client_msg_id=None):
-    """Validate a send and perform it. Return (message, created)."""
-    project, _ = access_project(user, project_id)
+    """Validate a send and perform it. Return (message, created).
+
+    Membership is checked against the cached access entry, as the hot reads
+    are (no query while it is cached; membership and project changes drop it).
+    """
+    access_project_cached(user, project_id)
     content = check_content(content)
     client_msg_id = check_client_msg_id(client_msg_id)
-    return do_send_message(user, project.pk, content, client_msg_id)
+    return do_send_message(user, project_id, content, client_msg_id)
 
 
 def _existing(user, client_msg_id, project_id):
@@ -100,11 +104,12 @@ def _existing(user, client_msg_id, project_id):
 
 
 def do_send_message(user, project_id, content, client_msg_id=None):
-    """Store a message under the project's next number; broadcast after commit."""
-    if client_msg_id is not None:
-        existing = _existing(user, client_msg_id, project_id)
-        if existing is not None:
-            return existing, False
+    """Store a message under the project's next number; broadcast after commit.
+
+    A repeated client_msg_id is found by the unique (author, client_msg_id)
+    constraint, not looked up first: a first send (the common case) spends no
+    query on it, and a repeat's transaction rolls back, number included.
+    """
     try:
         with transaction.atomic():
             seq = take_next_seq(project_id)
@@ -119,7 +124,8 @@ def do_send_message(user, project_id, content, client_msg_id=None):
             record_mentions(message, content)
             notify_change(message)
     except IntegrityError:
-        # A concurrent send with the same client_msg_id won; its row is the answer.
+        # This client_msg_id was sent before (a retry) or by a concurrent send
+        # that won: its row is the answer.
         if client_msg_id is None:
             raise
         existing = _existing(user, client_msg_id, project_id)
