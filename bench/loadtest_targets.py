@@ -12,6 +12,7 @@ which prints the targets tables. Loopback only; bounded by --duration.
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -50,6 +51,7 @@ def main():
         server = LiveServer(env, workers=args.workers, http="granian",
                             extra_env={"WS_PUBLIC_URL": sockets.ws_url}).start()
         before = server.cpu_seconds() + sockets.cpu_seconds()
+        generator_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
         cmd = [sys.executable, "manage.py", "loadtest", "--url", server.url,
                "--ws-url", sockets.ws_url,
@@ -66,8 +68,13 @@ def main():
         print(proc.stdout)
         print(proc.stderr[-3000:], file=sys.stderr)
         cpu = server.cpu_seconds() + sockets.cpu_seconds() - before
+        generator_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        generator = sum(getattr(generator_after, f) - getattr(generator_before, f)
+                        for f in ("ru_utime", "ru_stime"))
         print(f"server CPU: {cpu:.1f} s over {elapsed:.0f} s = {cpu / elapsed * 100:.0f}% of one "
               f"core ({args.workers} workers); load average now {os.getloadavg()}")
+        print(f"load generator CPU (manage.py loadtest and locust): {generator:.1f} s = "
+              f"{generator / elapsed * 100:.0f}% of one core")
         errors = [line for srv in (server, sockets) for line in srv.output().splitlines()
                   if "Traceback" in line]
         print(f"server tracebacks: {len(errors)}")
