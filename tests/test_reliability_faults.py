@@ -491,6 +491,82 @@ def test_sigkilled_process_loses_nothing(fault_env):
         b.stop()
 
 
+
+# --- PostgreSQL away: the shared run and checks of the cut, blackhole and stop cases ---
+
+
+def run_postgres_outage(server, project_id, sessions, begin, end):
+    """Load (2 senders, 1 reader, 1 socket client) through an outage that begin()
+    starts and end() ends OUTAGE_SECONDS later; run until a send succeeds again
+    (at most 20 s) and 2 s more. Return the figures the tests report and check."""
+    load = Load([sessions[1], sessions[3]], project_id, server.url, interval=0.2,
+                reader=sessions[2])
+    marks = {}
+
+    async def main():
+        stop = asyncio.Event()
+        client = ReconnectingClient(server, project_id, sessions[0])
+        task = asyncio.create_task(client.run(stop))
+        await wait_ready([client])
+        load.start()
+        await asyncio.sleep(2.0)
+        marks["start"] = time.monotonic()
+        await asyncio.to_thread(begin)
+        await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - marks["start"])))
+        await asyncio.to_thread(end)
+        marks["end"] = time.monotonic()
+        deadline = marks["end"] + 20
+        while time.monotonic() < deadline and not any(
+                st in (200, 201) and t + s > marks["end"]
+                for t, s, st in list(load.latencies)):
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(load.stop)
+        final_seq = await asyncio.to_thread(project_seq, server.url, sessions[2], project_id)
+        await wait_for_all([client], final_seq, timeout=30)
+        stop.set()
+        await task
+        return client, final_seq
+
+    client, final_seq = asyncio.run(main())
+    during = [(t, s, st) for t, s, st in load.latencies if marks["start"] <= t <= marks["end"]]
+    first_ok = min((t + s for t, s, st in load.latencies
+                    if st in (200, 201) and t + s > marks["end"]), default=None)
+    per_cid = collections.Counter(
+        m["client_msg_id"] for m in all_messages(server.url, sessions[2], project_id))
+    socket_lost, socket_duplicates, socket_out_of_order = client.check(final_seq)
+    return load, {
+        "messages": final_seq, "stored_messages": len(per_cid), "acked": len(load.acked),
+        "send_statuses": dict(load.statuses), "read_statuses": dict(load.read_statuses),
+        "five_xx_other_than_503": sum(
+            v for k, v in (load.statuses + load.read_statuses).items()
+            if isinstance(k, int) and k >= 500 and k != 503),
+        "sends_during_outage": len(during),
+        "max_send_seconds_during_outage": round(max((s for _, s, _ in during), default=0), 2),
+        "retry_after_missing": load.retry_after_missing,
+        "first_success_seconds_after_restore": (
+            None if first_ok is None else round(first_ok - marks["end"], 2)),
+        "lost": len(set(load.acked) - set(per_cid)),
+        "duplicate_rows": sum(c - 1 for c in per_cid.values() if c > 1),
+        "socket_lost": socket_lost, "socket_duplicates": socket_duplicates,
+        "socket_out_of_order": socket_out_of_order,
+    }
+
+
+def assert_postgres_outage(load, figures, pool_timeout):
+    """503 + Retry-After within the pool timeout, recovery by itself, nothing lost."""
+    statuses = set(load.statuses) | set(load.read_statuses)
+    assert statuses <= {200, 201, 503}, (load.statuses, load.read_statuses)
+    assert load.statuses[503] > 0, "the outage was not seen by any send"
+    assert figures["retry_after_missing"] == 0
+    assert figures["max_send_seconds_during_outage"] < pool_timeout + 3.0, "a send hung"
+    recovery = figures["first_success_seconds_after_restore"]
+    assert recovery is not None and recovery < 15, f"no recovery: {recovery}"
+    assert figures["lost"] == 0 and figures["duplicate_rows"] == 0
+    assert figures["messages"] == figures["stored_messages"]
+    assert (figures["socket_lost"], figures["socket_duplicates"],
+            figures["socket_out_of_order"]) == (0, 0, 0)
+
 # --- (d) PostgreSQL cut for OUTAGE_SECONDS ------------------------------------------------
 
 
@@ -503,60 +579,11 @@ def test_postgres_cut_answers_503_and_recovers_by_itself(fault_env, pg_proxy):
         "DATABASE_URL": proxied, "DB_POOL_TIMEOUT": str(pool_timeout)}).start()
     try:
         sessions = [login(server.url, n) for n in names]
-        load = Load([sessions[1], sessions[3]], project_id, server.url, interval=0.2,
-                    reader=sessions[2])
-        marks = {}
-
-        async def main():
-            stop = asyncio.Event()
-            client = ReconnectingClient(server, project_id, sessions[0])
-            task = asyncio.create_task(client.run(stop))
-            await wait_ready([client])
-            load.start()
-            await asyncio.sleep(2.0)
-            pg_proxy.set_mode("cut")
-            marks["start"] = time.monotonic()
-            await asyncio.sleep(OUTAGE_SECONDS)
-            pg_proxy.set_mode("pass")
-            marks["end"] = time.monotonic()
-            await asyncio.sleep(4.0)
-            await asyncio.to_thread(load.stop)
-            final_seq = await asyncio.to_thread(project_seq, server.url, sessions[2], project_id)
-            await wait_for_all([client], final_seq, timeout=30)
-            stop.set()
-            await task
-            return client, final_seq
-
-        client, final_seq = asyncio.run(main())
-        sends = load.latencies
-        during = [(t, s, st) for t, s, st in sends if marks["start"] <= t <= marks["end"]]
-        first_ok = min((t + s for t, s, st in sends
-                        if st in (200, 201) and t + s > marks["end"]), default=None)
-        recovery = None if first_ok is None else round(first_ok - marks["end"], 2)
-        rows = all_messages(server.url, sessions[2], project_id)
-        per_cid = collections.Counter(m["client_msg_id"] for m in rows)
-        lost = len(set(load.acked) - set(per_cid))
-        duplicate_rows = sum(c - 1 for c in per_cid.values() if c > 1)
-        lost_socket, duplicates_socket, out_of_order = client.check(final_seq)
-        report(f"postgres_cut_{OUTAGE_SECONDS:g}s", messages=final_seq, acked=len(load.acked),
-               send_statuses=dict(load.statuses), read_statuses=dict(load.read_statuses),
-               five_xx_other_than_503=sum(v for k, v in (load.statuses + load.read_statuses)
-                                          .items() if isinstance(k, int) and k >= 500
-                                          and k != 503),
-               sends_during_outage=len(during),
-               max_send_seconds_during_outage=round(max((s for _, s, _ in during), default=0), 2),
-               retry_after_missing=load.retry_after_missing,
-               first_success_seconds_after_restore=recovery, lost=lost,
-               duplicate_rows=duplicate_rows, socket_lost=lost_socket,
-               socket_duplicates=duplicates_socket, socket_out_of_order=out_of_order)
-        statuses = set(load.statuses) | set(load.read_statuses)
-        assert statuses <= {200, 201, 503}, (load.statuses, load.read_statuses)
-        assert load.statuses[503] > 0, "the outage was not seen by any send"
-        assert load.retry_after_missing == 0
-        assert max(s for _, s, _ in during) < pool_timeout + 3.0
-        assert recovery is not None and recovery < 15
-        assert lost == 0 and duplicate_rows == 0
-        assert (lost_socket, duplicates_socket, out_of_order) == (0, 0, 0)
+        load, figures = run_postgres_outage(server, project_id, sessions,
+                                            lambda: pg_proxy.set_mode("cut"),
+                                            lambda: pg_proxy.set_mode("pass"))
+        report(f"postgres_cut_{OUTAGE_SECONDS:g}s", **figures)
+        assert_postgres_outage(load, figures, pool_timeout)
     finally:
         pg_proxy.set_mode("pass")
         server.stop()
@@ -686,68 +713,11 @@ def test_postgres_blackhole_answers_503_in_bounded_time_and_recovers(fault_env, 
         "DB_POOL_TIMEOUT": str(pool_timeout)}).start()
     try:
         sessions = [login(server.url, n) for n in names]
-        load = Load([sessions[1], sessions[3]], project_id, server.url, interval=0.2,
-                    reader=sessions[2])
-        marks = {}
-
-        async def main():
-            stop = asyncio.Event()
-            client = ReconnectingClient(server, project_id, sessions[0])
-            task = asyncio.create_task(client.run(stop))
-            await wait_ready([client])
-            load.start()
-            await asyncio.sleep(2.0)
-            pg_proxy.set_mode("blackhole")
-            marks["start"] = time.monotonic()
-            await asyncio.sleep(OUTAGE_SECONDS)
-            pg_proxy.set_mode("pass")
-            marks["end"] = time.monotonic()
-            # Run until a send succeeds again (or 20 s), then a little longer.
-            deadline = marks["end"] + 20
-            while time.monotonic() < deadline and not any(
-                    st in (200, 201) and t + s > marks["end"]
-                    for t, s, st in list(load.latencies)):
-                await asyncio.sleep(0.2)
-            await asyncio.sleep(2.0)
-            await asyncio.to_thread(load.stop)
-            final_seq = await asyncio.to_thread(project_seq, server.url, sessions[2], project_id)
-            await wait_for_all([client], final_seq, timeout=30)
-            stop.set()
-            await task
-            return client, final_seq
-
-        client, final_seq = asyncio.run(main())
-        sends = load.latencies
-        during = [(t, s, st) for t, s, st in sends if marks["start"] <= t <= marks["end"]]
-        first_ok = min((t + s for t, s, st in sends
-                        if st in (200, 201) and t + s > marks["end"]), default=None)
-        recovery = None if first_ok is None else round(first_ok - marks["end"], 2)
-        rows = all_messages(server.url, sessions[2], project_id)
-        per_cid = collections.Counter(m["client_msg_id"] for m in rows)
-        lost = len(set(load.acked) - set(per_cid))
-        duplicate_rows = sum(c - 1 for c in per_cid.values() if c > 1)
-        lost_socket, duplicates_socket, out_of_order = client.check(final_seq)
-        report(f"postgres_blackhole_{OUTAGE_SECONDS:g}s", messages=final_seq,
-               acked=len(load.acked), send_statuses=dict(load.statuses),
-               read_statuses=dict(load.read_statuses),
-               five_xx_other_than_503=sum(v for k, v in (load.statuses + load.read_statuses)
-                                          .items() if isinstance(k, int) and k >= 500
-                                          and k != 503),
-               sends_during_outage=len(during),
-               max_send_seconds_during_outage=round(max((s for _, s, _ in during), default=0), 2),
-               retry_after_missing=load.retry_after_missing,
-               first_success_seconds_after_restore=recovery, lost=lost,
-               duplicate_rows=duplicate_rows, socket_lost=lost_socket,
-               socket_duplicates=duplicates_socket, socket_out_of_order=out_of_order)
-        statuses = set(load.statuses) | set(load.read_statuses)
-        assert statuses <= {200, 201, 503}, (load.statuses, load.read_statuses)
-        assert load.statuses[503] > 0, "the partition was not seen by any send"
-        assert load.retry_after_missing == 0
-        assert max(s for _, s, _ in during) < pool_timeout + 3.0, "a send hung"
-        assert recovery is not None and recovery < 15, f"no recovery: {recovery}"
-        assert lost == 0 and duplicate_rows == 0
-        assert final_seq == len(per_cid)
-        assert (lost_socket, duplicates_socket, out_of_order) == (0, 0, 0)
+        load, figures = run_postgres_outage(server, project_id, sessions,
+                                            lambda: pg_proxy.set_mode("blackhole"),
+                                            lambda: pg_proxy.set_mode("pass"))
+        report(f"postgres_blackhole_{OUTAGE_SECONDS:g}s", **figures)
+        assert_postgres_outage(load, figures, pool_timeout)
     finally:
         pg_proxy.set_mode("pass")
         server.stop()
@@ -965,67 +935,10 @@ def test_real_postgres_stop_and_restart_answers_503_and_recovers(own_postgres):
     server = LiveServer(env, extra_env={"DB_POOL_TIMEOUT": str(pool_timeout)}).start()
     try:
         sessions = [login(server.url, n) for n in names]
-        load = Load([sessions[1], sessions[3]], project_id, server.url, interval=0.2,
-                    reader=sessions[2])
-        marks = {}
-
-        async def main():
-            stop = asyncio.Event()
-            client = ReconnectingClient(server, project_id, sessions[0])
-            task = asyncio.create_task(client.run(stop))
-            await wait_ready([client])
-            load.start()
-            await asyncio.sleep(2.0)
-            marks["start"] = time.monotonic()
-            await asyncio.to_thread(cluster.stop)
-            await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - marks["start"])))
-            await asyncio.to_thread(cluster.start)
-            marks["end"] = time.monotonic()
-            deadline = marks["end"] + 20
-            while time.monotonic() < deadline and not any(
-                    st in (200, 201) and t + s > marks["end"]
-                    for t, s, st in list(load.latencies)):
-                await asyncio.sleep(0.2)
-            await asyncio.sleep(2.0)
-            await asyncio.to_thread(load.stop)
-            final_seq = await asyncio.to_thread(project_seq, server.url, sessions[2], project_id)
-            await wait_for_all([client], final_seq, timeout=30)
-            stop.set()
-            await task
-            return client, final_seq
-
-        client, final_seq = asyncio.run(main())
-        sends = load.latencies
-        during = [(t, s, st) for t, s, st in sends if marks["start"] <= t <= marks["end"]]
-        first_ok = min((t + s for t, s, st in sends
-                        if st in (200, 201) and t + s > marks["end"]), default=None)
-        recovery = None if first_ok is None else round(first_ok - marks["end"], 2)
-        rows = all_messages(server.url, sessions[2], project_id)
-        per_cid = collections.Counter(m["client_msg_id"] for m in rows)
-        lost = len(set(load.acked) - set(per_cid))
-        duplicate_rows = sum(c - 1 for c in per_cid.values() if c > 1)
-        lost_socket, duplicates_socket, out_of_order = client.check(final_seq)
-        report(f"postgres_stop_restart_{OUTAGE_SECONDS:g}s", messages=final_seq,
-               acked=len(load.acked), send_statuses=dict(load.statuses),
-               read_statuses=dict(load.read_statuses),
-               five_xx_other_than_503=sum(v for k, v in (load.statuses + load.read_statuses)
-                                          .items() if isinstance(k, int) and k >= 500
-                                          and k != 503),
-               sends_during_outage=len(during),
-               max_send_seconds_during_outage=round(max((s for _, s, _ in during), default=0), 2),
-               retry_after_missing=load.retry_after_missing,
-               first_success_seconds_after_restart=recovery, lost=lost,
-               duplicate_rows=duplicate_rows, socket_lost=lost_socket,
-               socket_duplicates=duplicates_socket, socket_out_of_order=out_of_order,
+        load, figures = run_postgres_outage(server, project_id, sessions,
+                                            cluster.stop, cluster.start)
+        report(f"postgres_stop_restart_{OUTAGE_SECONDS:g}s", **figures,
                cluster_setup_seconds=cluster.setup_seconds)
-        statuses = set(load.statuses) | set(load.read_statuses)
-        assert statuses <= {200, 201, 503}, (load.statuses, load.read_statuses)
-        assert load.statuses[503] > 0, "the outage was not seen by any send"
-        assert load.retry_after_missing == 0
-        assert max(s for _, s, _ in during) < pool_timeout + 3.0, "a send hung"
-        assert recovery is not None and recovery < 15, f"no recovery: {recovery}"
-        assert lost == 0 and duplicate_rows == 0
-        assert final_seq == len(per_cid)
-        assert (lost_socket, duplicates_socket, out_of_order) == (0, 0, 0)
+        assert_postgres_outage(load, figures, pool_timeout)
     finally:
         server.stop()
