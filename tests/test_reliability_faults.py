@@ -302,6 +302,46 @@ async def wait_for_all(clients, final_seq, timeout):
     return time.monotonic()
 
 
+def run_fault(clients, loads, begin, end, final_seq_of, *, lead=2.0, settle=2.0, until=None,
+              timeout=30, during=None):
+    """Socket clients and HTTP loads through one fault: begin() after `lead` s of
+    load, end() OUTAGE_SECONDS later; then wait until `until(end_time)` holds (at
+    most 20 s) and `settle` s more, stop the loads and wait until every client
+    holds the project's final number. `during()` runs right after begin(); its
+    answer is marks["during"]. Returns (final_seq, delivered_at, marks)."""
+    marks = {}
+
+    async def main():
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(c.run(stop)) for c in clients]
+        await wait_ready(clients)
+        for load in loads:
+            load.start()
+        await asyncio.sleep(lead)
+        marks["start"] = time.monotonic()
+        await asyncio.to_thread(begin)
+        if during is not None:
+            marks["during"] = await asyncio.to_thread(during)
+        await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - marks["start"])))
+        await asyncio.to_thread(end)
+        marks["end"] = time.monotonic()
+        if until is not None:
+            deadline = marks["end"] + 20
+            while time.monotonic() < deadline and not until(marks["end"]):
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(settle)
+        for load in loads:
+            await asyncio.to_thread(load.stop)
+        final_seq = await asyncio.to_thread(final_seq_of)
+        done = await wait_for_all(clients, final_seq, timeout=timeout)
+        stop.set()
+        await asyncio.gather(*tasks)
+        return final_seq, done
+
+    final_seq, done = asyncio.run(main())
+    return final_seq, done, marks
+
+
 def assert_delivery(clients, final_seq, load):
     totals = {"lost": 0, "duplicates": 0, "out_of_order": 0}
     for i, c in enumerate(clients):
@@ -334,32 +374,15 @@ def test_redis_cut_keeps_http_answering_and_sockets_catch_up(fault_env, redis_pr
         sessions = [login(server.url, n) for n in names]
         listeners, senders, reader = sessions[:3], sessions[3:5], sessions[5]
         load = Load(senders, project_id, server.url, interval=0.2, reader=reader)
-        outage = {}
-
-        async def main():
-            stop = asyncio.Event()
-            clients = [ReconnectingClient(server, project_id, s) for s in listeners]
-            tasks = [asyncio.create_task(c.run(stop)) for c in clients]
-            await wait_ready(clients)
-            load.start()
-            await asyncio.sleep(2.0)
-            redis_proxy.set_mode("cut")
-            outage["start"] = time.monotonic()
-            # A sign-in during the outage: sessions and the login throttle live
-            # in Redis; neither may turn a sign-in into a 5xx.
-            outage["login_status"] = await asyncio.to_thread(_login_status, server, names[0])
-            await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - outage["start"])))
-            redis_proxy.set_mode("pass")
-            outage["end"] = time.monotonic()
-            await asyncio.sleep(2.0)
-            await asyncio.to_thread(load.stop)
-            final_seq = await asyncio.to_thread(project_seq, server.url, reader, project_id)
-            done = await wait_for_all(clients, final_seq, timeout=30)
-            stop.set()
-            await asyncio.gather(*tasks)
-            return clients, final_seq, done
-
-        clients, final_seq, done = asyncio.run(main())
+        clients = [ReconnectingClient(server, project_id, c) for c in listeners]
+        # A sign-in during the outage: sessions and the login throttle live in
+        # Redis; neither may turn a sign-in into a 5xx.
+        final_seq, done, outage = run_fault(
+            clients, [load], lambda: redis_proxy.set_mode("cut"),
+            lambda: redis_proxy.set_mode("pass"),
+            lambda: project_seq(server.url, reader, project_id),
+            during=lambda: _login_status(server, names[0]))
+        outage["login_status"] = outage["during"]
         in_outage = [s for started, s, status in load.latencies
                      if outage["start"] <= started <= outage["end"]]
         totals = assert_delivery(clients, final_seq, load)
@@ -501,34 +524,14 @@ def run_postgres_outage(server, project_id, sessions, begin, end):
     (at most 20 s) and 2 s more. Return the figures the tests report and check."""
     load = Load([sessions[1], sessions[3]], project_id, server.url, interval=0.2,
                 reader=sessions[2])
-    marks = {}
+    client = ReconnectingClient(server, project_id, sessions[0])
 
-    async def main():
-        stop = asyncio.Event()
-        client = ReconnectingClient(server, project_id, sessions[0])
-        task = asyncio.create_task(client.run(stop))
-        await wait_ready([client])
-        load.start()
-        await asyncio.sleep(2.0)
-        marks["start"] = time.monotonic()
-        await asyncio.to_thread(begin)
-        await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - marks["start"])))
-        await asyncio.to_thread(end)
-        marks["end"] = time.monotonic()
-        deadline = marks["end"] + 20
-        while time.monotonic() < deadline and not any(
-                st in (200, 201) and t + s > marks["end"]
-                for t, s, st in list(load.latencies)):
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(2.0)
-        await asyncio.to_thread(load.stop)
-        final_seq = await asyncio.to_thread(project_seq, server.url, sessions[2], project_id)
-        await wait_for_all([client], final_seq, timeout=30)
-        stop.set()
-        await task
-        return client, final_seq
+    def recovered(end):
+        return any(st in (200, 201) and t + s > end for t, s, st in list(load.latencies))
 
-    client, final_seq = asyncio.run(main())
+    final_seq, _, marks = run_fault(
+        [client], [load], begin, end,
+        lambda: project_seq(server.url, sessions[2], project_id), until=recovered)
     during = [(t, s, st) for t, s, st in load.latencies if marks["start"] <= t <= marks["end"]]
     first_ok = min((t + s for t, s, st in load.latencies
                     if st in (200, 201) and t + s > marks["end"]), default=None)
@@ -601,29 +604,11 @@ def test_redis_blackhole_slows_but_fails_nothing(fault_env, redis_proxy):
     try:
         sessions = [login(server.url, n) for n in names]
         load = Load(sessions[2:3], project_id, server.url, interval=0.2, reader=sessions[3])
-        outage = {}
-
-        async def main():
-            stop = asyncio.Event()
-            clients = [ReconnectingClient(server, project_id, s) for s in sessions[:2]]
-            tasks = [asyncio.create_task(c.run(stop)) for c in clients]
-            await wait_ready(clients)
-            load.start()
-            await asyncio.sleep(1.5)
-            redis_proxy.set_mode("blackhole")
-            outage["start"] = time.monotonic()
-            await asyncio.sleep(OUTAGE_SECONDS)
-            redis_proxy.set_mode("pass")
-            outage["end"] = time.monotonic()
-            await asyncio.sleep(2.0)
-            await asyncio.to_thread(load.stop)
-            final_seq = await asyncio.to_thread(project_seq, server.url, sessions[3], project_id)
-            done = await wait_for_all(clients, final_seq, timeout=40)
-            stop.set()
-            await asyncio.gather(*tasks)
-            return clients, final_seq, done
-
-        clients, final_seq, done = asyncio.run(main())
+        clients = [ReconnectingClient(server, project_id, c) for c in sessions[:2]]
+        final_seq, done, outage = run_fault(
+            clients, [load], lambda: redis_proxy.set_mode("blackhole"),
+            lambda: redis_proxy.set_mode("pass"),
+            lambda: project_seq(server.url, sessions[3], project_id), lead=1.5, timeout=40)
         in_outage = [s for started, s, _ in load.latencies
                      if outage["start"] <= started <= outage["end"]]
         totals = assert_delivery(clients, final_seq, load)
@@ -653,29 +638,11 @@ def test_postgres_delay_slows_sends_but_keeps_delivery_complete(fault_env, pg_pr
     try:
         sessions = [login(server.url, n) for n in names]
         load = Load(sessions[2:4], project_id, server.url, interval=0.2, reader=sessions[4])
-        marks = {}
-
-        async def main():
-            stop = asyncio.Event()
-            clients = [ReconnectingClient(server, project_id, s) for s in sessions[:2]]
-            tasks = [asyncio.create_task(c.run(stop)) for c in clients]
-            await wait_ready(clients)
-            load.start()
-            await asyncio.sleep(1.5)
-            pg_proxy.set_mode("delay", 0.2)
-            marks["start"] = time.monotonic()
-            await asyncio.sleep(OUTAGE_SECONDS)
-            pg_proxy.set_mode("pass")
-            marks["end"] = time.monotonic()
-            await asyncio.sleep(1.5)
-            await asyncio.to_thread(load.stop)
-            final_seq = await asyncio.to_thread(project_seq, server.url, sessions[4], project_id)
-            done = await wait_for_all(clients, final_seq, timeout=30)
-            stop.set()
-            await asyncio.gather(*tasks)
-            return clients, final_seq, done
-
-        clients, final_seq, done = asyncio.run(main())
+        clients = [ReconnectingClient(server, project_id, c) for c in sessions[:2]]
+        final_seq, done, marks = run_fault(
+            clients, [load], lambda: pg_proxy.set_mode("delay", 0.2),
+            lambda: pg_proxy.set_mode("pass"),
+            lambda: project_seq(server.url, sessions[4], project_id), lead=1.5, settle=1.5)
         during = sorted(s for t, s, _ in load.latencies if marks["start"] <= t <= marks["end"])
         totals = assert_delivery(clients, final_seq, load)
         report(f"postgres_delay_200ms_each_way_{OUTAGE_SECONDS:g}s", messages=final_seq,
@@ -796,33 +763,13 @@ def test_real_redis_stop_and_restart_loses_nothing(fault_env, own_redis):
         sessions = [login(a.url, n) for n in names]  # sessions work on both
         load_a = Load(sessions[4:5], project_id, a.url, interval=0.2, reader=sessions[6])
         load_b = Load(sessions[5:6], project_id, b.url, interval=0.2, reader=sessions[7])
-        outage = {}
-
-        async def main():
-            stop = asyncio.Event()
-            clients = [ReconnectingClient(server, project_id, s)
-                       for server, s in zip((a, a, b, b), sessions[:4])]
-            tasks = [asyncio.create_task(c.run(stop)) for c in clients]
-            await wait_ready(clients)
-            load_a.start()
-            load_b.start()
-            await asyncio.sleep(2.0)
-            await asyncio.to_thread(own_redis.stop)
-            outage["start"] = time.monotonic()
-            outage["login_status"] = await asyncio.to_thread(_login_status, b, names[0])
-            await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - outage["start"])))
-            await asyncio.to_thread(own_redis.start)
-            outage["end"] = time.monotonic()
-            await asyncio.sleep(2.0)
-            await asyncio.to_thread(load_a.stop)
-            await asyncio.to_thread(load_b.stop)
-            final_seq = await asyncio.to_thread(project_seq, a.url, sessions[6], project_id)
-            done = await wait_for_all(clients, final_seq, timeout=30)
-            stop.set()
-            await asyncio.gather(*tasks)
-            return clients, final_seq, done
-
-        clients, final_seq, done = asyncio.run(main())
+        clients = [ReconnectingClient(server, project_id, c)
+                   for server, c in zip((a, a, b, b), sessions[:4])]
+        final_seq, done, outage = run_fault(
+            clients, [load_a, load_b], own_redis.stop, own_redis.start,
+            lambda: project_seq(a.url, sessions[6], project_id),
+            during=lambda: _login_status(b, names[0]))
+        outage["login_status"] = outage["during"]
         merged = Load([], project_id, a.url)
         merged.acked = {**load_a.acked, **load_b.acked}
         statuses = load_a.statuses + load_b.statuses
