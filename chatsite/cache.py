@@ -73,7 +73,8 @@ def safe_delete_many(keys):
 # --- versions -----------------------------------------------------------------------
 
 
-def _version_key(scope, ident):
+def version_key(scope, ident):
+    """The cache key of a scope's version number (chatsite.hotpath reads it too)."""
     return f"v:{scope}:{ident}"
 
 
@@ -85,7 +86,7 @@ def _fresh_version():
 
 def get_versions(scope, idents):
     """Return {ident: version} for many ids in one round trip; creates missing ones."""
-    keys = {_version_key(scope, i): i for i in idents}
+    keys = {version_key(scope, i): i for i in idents}
     found = safe_get_many(list(keys))
     versions = {}
     for key, ident in keys.items():
@@ -107,7 +108,7 @@ def get_version(scope, ident):
 
 def bump_version(scope, ident):
     """Retire every key built on this version. Call after commit."""
-    key = _version_key(scope, ident)
+    key = version_key(scope, ident)
     try:
         try:
             cache.incr(key)
@@ -209,7 +210,7 @@ def get_slot(slot, scope, ident, build, *, name="read", extra_keys=(), check=Non
     check that raises). The slot holds (version, value) and is used only when
     its version is current, else rebuilt once per burst.
     """
-    vkey = _version_key(scope, ident)
+    vkey = version_key(scope, ident)
     found = safe_get_many([vkey, slot, *extra_keys])
     if check is not None:
         check({k: found.get(k) for k in extra_keys})

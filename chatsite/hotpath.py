@@ -63,6 +63,7 @@ class HotHistory:
         self._compressed = {}  # (slot, version, encoding) -> bytes
         self._lock = threading.Lock()
         self._children = None
+        self._session_prefix = session_cache_prefix()
         self._static_headers = None
 
     def __call__(self, environ, start_response):
@@ -109,11 +110,11 @@ class HotHistory:
 
         from accounts.backends import local_user, remember_user, user_cache_key
         from chat.selectors import history_slot
-        from chatsite.cache import _version_key
+        from chatsite.cache import version_key
         from projects.access import access_key
 
         slot = history_slot(project_id, None, None, limit)
-        vkey = _version_key("project", project_id)
+        vkey = version_key("project", project_id)
         akey = access_key(user_id, project_id)
         user = local_user(user_id)
         pairs = [(settings.SESSION_CACHE_ALIAS, self.session_cache_key(session_key)), ("default", vkey),
@@ -161,9 +162,7 @@ class HotHistory:
         raise Declined("anonymous")
 
     def session_cache_key(self, session_key):
-        from django.contrib.sessions.backends.cached_db import KEY_PREFIX
-
-        return KEY_PREFIX + session_key
+        return self._session_prefix + session_key
 
     def learn_session_user(self, session_key):
         """The user id a session key belongs to (read once per process and key)."""
@@ -288,7 +287,17 @@ def _location(alias):
     return str(settings.CACHES[alias]["LOCATION"])
 
 
+def session_cache_prefix():
+    """The cache key prefix of the session engine's entries, or None when the
+    engine does not keep sessions in the cache (then there is no hot path)."""
+    from importlib import import_module
+
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    return getattr(store, "cache_key_prefix", None)
+
+
 def wrap(app):
-    """The WSGI app with the hot path in front (HOT_PATH=false leaves it out)."""
-    return HotHistory(app) if settings.HOT_PATH else app
+    """The WSGI app with the hot path in front; left out with HOT_PATH=false or a
+    session engine that keeps no sessions in the cache."""
+    return HotHistory(app) if settings.HOT_PATH and session_cache_prefix() else app
 

@@ -231,3 +231,15 @@ def test_off_switch(apps, warm, project, settings):
     before = served()
     assert call(hot, environ(messages_path(project), warm))[0] == 200
     assert served() == before
+
+
+def test_left_out_when_sessions_are_not_in_the_cache(settings):
+    from chatsite.hotpath import wrap
+
+    app = WSGIHandler()
+    assert isinstance(wrap(app), HotHistory)
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+    assert wrap(app) is app
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+    settings.HOT_PATH = False
+    assert wrap(app) is app
