@@ -107,3 +107,48 @@ def test_two_users_talk_live_edit_delete_and_survive_a_server_restart(chat_serve
         assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
         assert alice.errors == [] and bob.errors == []
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def split_servers():
+    """make serve's layout: pages and the API on granian, sockets on uvicorn."""
+    env, close = make_live_env()
+    project_id = create_users_and_project(env, ["carol", "dave"], "Browser split")
+    sockets = LiveServer(env).start()
+    http = LiveServer(env, http="granian", extra_env={"WS_PUBLIC_URL": sockets.ws_url}).start()
+    yield http, sockets, project_id
+    http.stop()
+    sockets.stop()
+    close()
+
+
+@pytest.mark.redis
+def test_browser_talks_through_granian_and_the_socket_server(split_servers):
+    from playwright.sync_api import sync_playwright
+
+    http, sockets, project_id = split_servers
+    stamp = str(int(time.time()))[-5:]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        carol = open_page(browser, http, project_id, "carol")  # waits for the socket
+        dave = open_page(browser, http, project_id, "dave")
+        sockets_opened = []
+        carol.on("websocket", lambda ws: sockets_opened.append(ws.url))
+        # Dave sends from the page (the POST goes to granian); Carol's socket on
+        # the uvicorn server gets it through Redis, once.
+        text = f"across servers {stamp}"
+        dave.fill("#composer-input", text)
+        dave.press("#composer-input", "Enter")
+        carol.wait_for_selector(f".msg-body:has-text('{text}')", timeout=5000)
+        dave.wait_for_function("() => window.chatClient.pendingCount === 0", timeout=5000)
+        time.sleep(0.5)
+        assert copies(carol, text) == 1 and copies(dave, text) == 1
+        # Sockets go to the socket server's port, not the page's.
+        sockets.stop()
+        carol.wait_for_function("() => !window.chatClient.connected", timeout=10000)
+        sockets.start()
+        carol.wait_for_function("() => window.chatClient.connected", timeout=20000)
+        assert sockets_opened and all(u.startswith(sockets.ws_url + "/ws/projects/")
+                                      for u in sockets_opened)
+        assert carol.errors == [] and dave.errors == []
+        browser.close()
