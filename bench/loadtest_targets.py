@@ -37,6 +37,8 @@ def main():
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--spawn-rate", type=int, default=50)
     parser.add_argument("--think-time", default=None, help="MIN,MAX seconds between HTTP tasks")
+    parser.add_argument("--ws-users", default=None, help="users with a socket (loadtest's --ws-users)")
+    parser.add_argument("--steady", action="store_true", help="steady-state latencies (loadtest's --steady)")
     parser.add_argument("--extra", nargs="*", default=[], help="KEY=VALUE server settings")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.extra)
@@ -61,6 +63,10 @@ def main():
                "--quiet-locust"]
         if args.think_time:
             cmd += ["--think-time", args.think_time]
+        if args.ws_users is not None:
+            cmd += ["--ws-users", args.ws_users]
+        if args.steady:
+            cmd += ["--steady"]
         print("$", " ".join(cmd[1:]), flush=True)
         proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True,
                               timeout=args.duration + 600)

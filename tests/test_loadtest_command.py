@@ -79,12 +79,14 @@ def parse_table(output, first_header):
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("workers", [
-    1,
+@pytest.mark.parametrize(("workers", "extra"), [
+    (1, []),
     # Two server processes share one PostgreSQL and one Redis (docs/SCALING.md).
-    pytest.param(2, marks=pytest.mark.redis),
+    pytest.param(2, [], marks=pytest.mark.redis),
+    # Latencies of the steady state only (locust's statistics reset after the ramp-up).
+    (1, ["--steady"]),
 ])
-def test_short_run_prints_a_measured_value_in_every_cell_and_loses_nothing(workers):
+def test_short_run_prints_a_measured_value_in_every_cell_and_loses_nothing(workers, extra):
     env, close = make_live_env()
     server = None
     try:
@@ -95,11 +97,13 @@ def test_short_run_prints_a_measured_value_in_every_cell_and_loses_nothing(worke
             [sys.executable, "manage.py", "loadtest", "--url", server.url,
              "--users", "6", "--spawn-rate", "6", "--duration", "8",
              "--users-prefix", "lt", "--password", PASSWORD, "--project-id", str(project_id),
-             "--message-rate", "6", "--drain", "10"],
+             "--message-rate", "6", "--drain", "10", *extra],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
         )
         output = check_run(proc, server)
         assert "projects: 1" in output.splitlines()
+        steady = "latencies over the same (steady state)" in output
+        assert steady == ("--steady" in extra)
     finally:
         if server is not None:
             server.stop()

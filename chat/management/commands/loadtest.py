@@ -167,6 +167,9 @@ class Command(BaseCommand):
                                  "progressed for this many seconds (default 10)")
         parser.add_argument("--drain-max", type=float, default=120.0,
                             help="... and at most this many seconds in all (default 120)")
+        parser.add_argument("--steady", action="store_true",
+                            help="latencies of the steady state only: locust's statistics "
+                                 "are reset once every user is running (--reset-stats)")
         parser.add_argument("--allow-remote", action="store_true",
                             help="allow a URL that is not on loopback")
         parser.add_argument("--strict", action="store_true",
@@ -389,6 +392,8 @@ class Command(BaseCommand):
             "--host", url, "--only-summary", "--exit-code-on-error", "0",
             *classes,
         ]
+        if options["steady"]:
+            cmd += ["--reset-stats"]
         if options["csv"]:
             cmd += ["--csv", options["csv"]]
         if options["html"]:
@@ -408,7 +413,7 @@ class Command(BaseCommand):
             raise CommandError(
                 f"locust exited with {returncode} and wrote no result; see its output above."
             ) from None
-        failed = self.report(result)
+        failed = self.report(result, steady=options['steady'])
         summary = result["summary"]
         correctness = summary["lost"] + summary["duplicated"] + summary["out_of_order"]
         if correctness:
@@ -449,7 +454,7 @@ class Command(BaseCommand):
         return proc.returncode
 
     # -- report --------------------------------------------------------------
-    def report(self, result):
+    def report(self, result, steady=False):
         summary, endpoints = result["summary"], result["endpoints"]
         failed = []
 
@@ -496,7 +501,9 @@ class Command(BaseCommand):
         self.stdout.write("")
         self.stdout.write(
             f"Measured over {summary['window_seconds']:.1f} s with all users running "
-            f"(rates), latencies over the whole run. Samples: {counts}."
+            f"(rates), latencies over "
+            f"{'the same (steady state)' if steady else 'the whole run'}. "
+            f"Samples: {counts}."
         )
         self.stdout.write(
             f"Messages: {summary['messages_sent']:,} sent ({summary['http_sent']:,} over HTTP, "
