@@ -570,22 +570,28 @@ def assert_postgres_outage(load, figures, pool_timeout):
     assert (figures["socket_lost"], figures["socket_duplicates"],
             figures["socket_out_of_order"]) == (0, 0, 0)
 
-# --- (d) PostgreSQL cut for OUTAGE_SECONDS ------------------------------------------------
+# --- (d, g) PostgreSQL cut, or partitioned (blackhole), for OUTAGE_SECONDS -------------------
 
 
-def test_postgres_cut_answers_503_and_recovers_by_itself(fault_env, pg_proxy):
-    names = users_for("pc", 4)
-    project_id = create_users_and_project(fault_env, names, "PgCut")
-    proxied = proxied_database_url(fault_env, pg_proxy)
+@pytest.mark.parametrize("mode", ["cut", "blackhole"])
+def test_postgres_away_answers_503_in_bounded_time_and_recovers(fault_env, pg_proxy, mode):
+    """cut: every connection is reset. blackhole: open connections are dropped and
+    new ones are accepted but never answered, so only timeouts tell. Either way
+    sends answer 503 + Retry-After within the pool timeout (none may hang),
+    nothing acknowledged is lost, and the server recovers by itself (a connection
+    attempt stuck in the partition must not keep the pool empty afterwards)."""
+    names = users_for(f"p{mode[0]}", 4)
+    project_id = create_users_and_project(fault_env, names, f"Pg {mode}")
     pool_timeout = 2.0
     server = LiveServer(fault_env, extra_env={
-        "DATABASE_URL": proxied, "DB_POOL_TIMEOUT": str(pool_timeout)}).start()
+        "DATABASE_URL": proxied_database_url(fault_env, pg_proxy),
+        "DB_POOL_TIMEOUT": str(pool_timeout)}).start()
     try:
         sessions = [login(server.url, n) for n in names]
         load, figures = run_postgres_outage(server, project_id, sessions,
-                                            lambda: pg_proxy.set_mode("cut"),
+                                            lambda: pg_proxy.set_mode(mode),
                                             lambda: pg_proxy.set_mode("pass"))
-        report(f"postgres_cut_{OUTAGE_SECONDS:g}s", **figures)
+        report(f"postgres_{mode}_{OUTAGE_SECONDS:g}s", **figures)
         assert_postgres_outage(load, figures, pool_timeout)
     finally:
         pg_proxy.set_mode("pass")
@@ -658,33 +664,6 @@ def test_postgres_delay_slows_sends_but_keeps_delivery_complete(fault_env, pg_pr
         assert set(load.read_statuses) <= {200}, load.read_statuses
         assert len(during) > 0, "no send happened during the delay"
         assert final_seq == len(load.acked)
-    finally:
-        pg_proxy.set_mode("pass")
-        server.stop()
-
-
-# --- (g) PostgreSQL partitioned (blackhole) -----------------------------------------------
-
-
-def test_postgres_blackhole_answers_503_in_bounded_time_and_recovers(fault_env, pg_proxy):
-    """A partition: open connections are dropped and new ones are accepted but never
-    answered, so only timeouts tell. Sends must answer 503 + Retry-After within
-    the pool timeout (none may hang), nothing acknowledged may be lost, and the
-    server must recover by itself once the partition heals (a connection attempt
-    stuck in the partition must not keep the pool empty afterwards)."""
-    names = users_for("pb", 4)
-    project_id = create_users_and_project(fault_env, names, "PgBlackhole")
-    pool_timeout = 2.0
-    server = LiveServer(fault_env, extra_env={
-        "DATABASE_URL": proxied_database_url(fault_env, pg_proxy),
-        "DB_POOL_TIMEOUT": str(pool_timeout)}).start()
-    try:
-        sessions = [login(server.url, n) for n in names]
-        load, figures = run_postgres_outage(server, project_id, sessions,
-                                            lambda: pg_proxy.set_mode("blackhole"),
-                                            lambda: pg_proxy.set_mode("pass"))
-        report(f"postgres_blackhole_{OUTAGE_SECONDS:g}s", **figures)
-        assert_postgres_outage(load, figures, pool_timeout)
     finally:
         pg_proxy.set_mode("pass")
         server.stop()
