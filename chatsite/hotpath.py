@@ -96,9 +96,9 @@ class HotHistory:
         limit = int(query.group(1) or DEFAULT_LIMIT)
         if limit > MAX_LIMIT:
             raise Declined("query")
-        if self.is_secure(environ) != (environ.get("wsgi.url_scheme") == "https") or (
-                settings.SECURE_SSL_REDIRECT and not self.is_secure(environ)):
-            raise Declined("scheme")  # proxied https or a redirect: Django's headers
+        secure = self.is_secure(environ)
+        if settings.SECURE_SSL_REDIRECT and not secure:
+            raise Declined("scheme")  # Django answers with its redirect
         host = environ.get("HTTP_HOST", "")
         domain, _port = split_domain_port(host)
         if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
@@ -138,9 +138,10 @@ class HotHistory:
             raise Declined("access")
         if version is None or entry is None or entry[0] != version:
             raise Declined("stale")
-        return self.response(environ, slot, version, entry[1])
+        return self.response(environ, slot, version, entry[1], secure)
 
     def is_secure(self, environ):
+        """HttpRequest.is_secure: the proxy's header when configured, else the scheme."""
         header = settings.SECURE_PROXY_SSL_HEADER
         if header:
             name, value = header
@@ -196,10 +197,10 @@ class HotHistory:
 
     # --- the answer ------------------------------------------------------------------
 
-    def response(self, environ, slot, version, body):
+    def response(self, environ, slot, version, body, secure):
         headers = list(self.static_headers())
-        if settings.SECURE_HSTS_SECONDS and environ.get("wsgi.url_scheme") == "https":
-            raise Declined("scheme")  # HSTS and friends: Django's SecurityMiddleware
+        if secure and settings.SECURE_HSTS_SECONDS:
+            headers.append(("Strict-Transport-Security", self.hsts()))
         if len(body) >= settings.COMPRESSION_MIN_SIZE and settings.ENABLE_COMPRESSION:
             headers.append(("Vary", "Cookie, Accept-Encoding"))
             encoding = choose_encoding(environ.get("HTTP_ACCEPT_ENCODING"))
@@ -213,6 +214,15 @@ class HotHistory:
         headers.append(("Content-Length", str(len(body))))
         headers.append((REQUEST_ID_HEADER, accept_request_id(environ.get("HTTP_X_REQUEST_ID"))))
         return "200 OK", headers, body
+
+    def hsts(self):
+        """SecurityMiddleware's Strict-Transport-Security value."""
+        value = f"max-age={settings.SECURE_HSTS_SECONDS}"
+        if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
+            value += "; includeSubDomains"
+        if settings.SECURE_HSTS_PRELOAD:
+            value += "; preload"
+        return value
 
     def compressed(self, slot, version, encoding, body):
         key = (slot, version, encoding)

@@ -243,3 +243,35 @@ def test_left_out_when_sessions_are_not_in_the_cache(settings):
     settings.SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
     settings.HOT_PATH = False
     assert wrap(app) is app
+
+
+@pytest.mark.parametrize("forwarded", ["https", "http"])
+def test_behind_a_tls_proxy_the_answer_matches_django_hsts_included(
+        warm, project, settings, forwarded):
+    # Production shape: a TLS proxy in front sets X-Forwarded-Proto.
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.SECURE_HSTS_SECONDS = 31536000
+    settings.SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    settings.SECURE_HSTS_PRELOAD = True
+    plain = WSGIHandler()  # built after the settings: SecurityMiddleware reads them once
+    hot = HotHistory(plain)
+    headers_in = {"X-Forwarded-Proto": forwarded}
+    before = served()
+    status, headers, body = call(hot, environ(messages_path(project), warm, headers=headers_in))
+    assert served() == before + 1
+    ref_status, ref_headers, ref_body = call(
+        plain, environ(messages_path(project), warm, headers=headers_in))
+    assert (status, body) == (ref_status, ref_body)
+    for h in (headers, ref_headers):
+        h.pop("X-Request-ID")
+    assert headers == ref_headers
+    assert ("Strict-Transport-Security" in headers) == (forwarded == "https")
+
+
+def test_ssl_redirect_is_left_to_django(warm, project, settings):
+    settings.SECURE_SSL_REDIRECT = True
+    hot = HotHistory(WSGIHandler())
+    before = served()
+    status, headers, _ = call(hot, environ(messages_path(project), warm))
+    assert status == 301 and headers["Location"].startswith("https://")
+    assert served() == before
