@@ -15,6 +15,7 @@ from django.utils import timezone
 from chat import broadcast
 from chat.mentions import find_mentions
 from chat.models import Mention, Message
+from chat.selectors import warm_first_page
 from chatsite.cache import bump_version
 from chatsite.errors import Conflict, Invalid
 from projects.access import access_project_cached
@@ -28,17 +29,27 @@ MENTION_BATCH_SIZE = 500
 
 
 def notify_change(message):
-    """After commit: retire the project's cached reads, then broadcast the change.
+    """After commit: broadcast the change, retire the project's cached reads and
+    build the first history page again.
 
     No Redis call happens inside the transaction: it holds the project row
     lock, and a slow Redis would hold every other sender of the project with
     it. One bump after commit is enough: a body built from the rows before the
     commit was tagged with a version read before the bump, which the bump
     retires; a reader that sees the bumped version reads after the commit.
+    The first page is then rebuilt under the new version (chat.selectors.
+    warm_first_page), so the members' next reads stay on the hot path instead
+    of each finding it stale.
     """
     project_id = message.project_id
-    transaction.on_commit(lambda: bump_version("project", project_id))
     broadcast.broadcast_on_commit(message)
+    transaction.on_commit(lambda: refresh_project_reads(project_id))
+
+
+def refresh_project_reads(project_id):
+    version = bump_version("project", project_id)
+    if version is not None:
+        warm_first_page(project_id, version)
 
 
 def take_next_seq(project_id):

@@ -107,16 +107,22 @@ def get_version(scope, ident):
 
 
 def bump_version(scope, ident):
-    """Retire every key built on this version. Call after commit."""
+    """Retire every key built on this version. Call after commit.
+
+    Return the new version, or None when the cache could not be written.
+    """
     key = version_key(scope, ident)
     try:
         try:
-            cache.incr(key)
+            return cache.incr(key)
         except ValueError:  # missing: start fresh
-            cache.set(key, _fresh_version(), None)
+            value = _fresh_version()
+            cache.set(key, value, None)
+            return value
     except Exception:  # noqa: BLE001
         CACHE_ERRORS.labels("incr").inc()
         logger.warning("event=cache_error op=incr key=%s", key, exc_info=True)
+        return None
 
 
 # --- one rebuild per burst -------------------------------------------------------------

@@ -1,53 +1,79 @@
 """Reads about projects and memberships."""
 
-from django.db.models import Count, IntegerField, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce
+import functools
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Q
 
 from chat.models import Mention, Message
-from projects.models import Membership
+from chatsite.rawsql import as_bool, as_datetime
+from projects.models import Membership, Project
 
 
-def get_user_memberships(user, *, offset=0, limit=50):
-    """Return the user's memberships in active projects with unread and mention counts.
+@functools.cache
+def _project_page_sql():
+    """SQL of one page of a user's projects with unread and mention counts.
 
-    One query: the unread count is a correlated subquery served by the
-    (project, seq) unique index, the unread-mention count one served by
-    idx_mention_user_project_seq -- not one query per project.
+    The project list is rebuilt after every change in any of the user's
+    projects, so it skips the ORM's per-call query construction (about ten
+    times the query's own cost here): one fixed statement, built once. The
+    unread count is a correlated subquery served by the (project, seq) unique
+    index, the mention count one served by idx_mention_user_project_seq, and
+    the total a window count -- one query, not one per project.
     """
-    unread = (
-        Message.objects.filter(
-            project_id=OuterRef("project_id"),
-            seq__gt=OuterRef("last_read_seq"),
-            deleted_at__isnull=True,
-        )
-        .exclude(author_id=user.pk)
-        .order_by()
-        .values("project_id")
-        .annotate(n=Count("id"))
-        .values("n")
+    qn = connection.ops.quote_name
+    membership, project = qn(Membership._meta.db_table), qn(Project._meta.db_table)
+    message, mention = qn(Message._meta.db_table), qn(Mention._meta.db_table)
+    return (
+        "SELECT p.id, p.name, p.description, p.owner_id, p.is_private, p.is_active,"
+        " p.created_at, p.seq, ms.role, ms.last_read_seq,"
+        f" (SELECT COUNT(*) FROM {message} x WHERE x.project_id = ms.project_id"
+        "   AND x.seq > ms.last_read_seq AND x.deleted_at IS NULL AND x.author_id <> %s),"
+        f" (SELECT COUNT(*) FROM {mention} n INNER JOIN {message} y ON y.id = n.message_id"
+        "   WHERE n.user_id = %s AND n.project_id = ms.project_id"
+        "   AND n.seq > ms.last_read_seq AND y.deleted_at IS NULL),"
+        " COUNT(*) OVER ()"
+        f" FROM {membership} ms INNER JOIN {project} p ON p.id = ms.project_id"
+        " WHERE ms.user_id = %s AND p.is_active"
+        " ORDER BY p.name, ms.project_id LIMIT %s OFFSET %s"
     )
-    # Mentions of the user in messages after the last read one, not deleted.
-    mentions = (
-        Mention.objects.filter(
-            user_id=user.pk,
-            project_id=OuterRef("project_id"),
-            seq__gt=OuterRef("last_read_seq"),
-            message__deleted_at__isnull=True,
-        )
-        .order_by()
-        .values("project_id")
-        .annotate(n=Count("id"))
-        .values("n")
-    )
-    return list(
-        Membership.objects.filter(user_id=user.pk, project__is_active=True)
-        .select_related("project")
-        .annotate(
-            unread_count=Coalesce(Subquery(unread, output_field=IntegerField()), 0),
-            mention_count=Coalesce(Subquery(mentions, output_field=IntegerField()), 0),
-        )
-        .order_by("project__name", "project_id")[offset : offset + limit]
-    )
+
+
+def get_user_project_page(user, *, offset=0, limit=50):
+    """Return (projects, total): the user's active projects, by name, in one query.
+
+    Each project is its API JSON (serialize_project's fields) with the
+    membership's role and last_read_seq, `unread_count` (messages after the
+    last read one, not deleted, not the user's own) and `mention_count`
+    (unread messages mentioning the user).
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_project_page_sql(), [user.pk, user.pk, user.pk, limit, offset])
+        rows = cursor.fetchall()
+    if rows:
+        total = rows[0][-1]
+    else:
+        total = count_user_projects(user) if offset else 0
+    projects = [
+        {
+            "id": pk,
+            "name": name,
+            "description": description,
+            "owner_id": owner_id,
+            "is_private": as_bool(is_private),
+            "is_active": as_bool(is_active),
+            "created_at": as_datetime(created_at),
+            "seq": seq,
+            "role": role,
+            "last_read_seq": last_read_seq,
+            "unread_count": unread,
+            "mention_count": mentions,
+        }
+        for (pk, name, description, owner_id, is_private, is_active, created_at, seq,
+             role, last_read_seq, unread, mentions, _total) in rows
+    ]
+    return projects, total
 
 
 def count_user_projects(user):
@@ -75,47 +101,57 @@ def get_public_projects_to_join(user, *, limit=50):
 def get_user_projects_body(user, *, page, per_page):
     """Return the encoded project-list JSON of a user.
 
-    Its key holds the user's version (bumped on membership changes and reads)
-    and the versions of the user's projects (bumped on every change in them),
-    so any change that alters an unread or mention count retires it.
+    The entry holds the user's version (bumped on membership changes, reads
+    and changes of the user's projects) and the versions of all the user's
+    projects (bumped on every change in them) as they were read *before* the
+    body was built, so any change that alters an unread or mention count
+    retires it. A hit costs two cache round trips (the user's version with the
+    entry, then the projects' versions); a miss adds one query and one write.
+    Under a busy project's writes most reads are misses, so there is no
+    rebuild lock: a user rarely has two list reads at once.
     """
-    import hashlib
-
     import orjson
 
-    from chat.serializers import serialize_project
-    from chatsite.cache import get_or_build, get_version, get_versions, make_key
-
-    user_version = get_version("user", user.pk)
-    project_ids = get_or_build(
-        make_key("umem", user.pk, user_version),
-        lambda: list(
-            Membership.objects.filter(user_id=user.pk, project__is_active=True)
-            .order_by("project_id").values_list("project_id", flat=True)
-        ),
-        name="memberships",
+    from chatsite.cache import (
+        CACHE_LOOKUPS, get_or_build, get_versions, make_key, safe_get_many, safe_set,
+        version_key,
     )
-    versions = get_versions("project", project_ids) if project_ids else {}
-    digest = hashlib.blake2b(
-        ",".join(f"{pid}={versions[pid]}" for pid in project_ids).encode(), digest_size=12
-    ).hexdigest()
 
     def build():
-        total = count_user_projects(user)
-        memberships = get_user_memberships(
+        items, total = get_user_project_page(
             user, offset=(page - 1) * per_page, limit=per_page
         )
-        items = [
-            serialize_project(
-                m.project, membership=m, unread_count=m.unread_count,
-                mention_count=m.mention_count,
-            )
-            for m in memberships
-        ]
         return orjson.dumps({
             "items": items, "total": total, "page": page, "per_page": per_page,
             "has_next": page * per_page < total, "has_prev": page > 1,
         })
 
-    key = make_key("plist", user.pk, user_version, digest, page, per_page)
-    return get_or_build(key, build, name="project_list")
+    if not settings.CACHE_HOT_READS:
+        return build()
+    key = make_key("plist", user.pk, page, per_page)
+    ukey = version_key("user", user.pk)
+    found = safe_get_many([ukey, key])
+    user_version = found.get(ukey)
+    if user_version is None:
+        user_version = get_versions("user", [user.pk])[user.pk]
+    entry = found.get(key)
+    if entry is not None and entry[0] == user_version:
+        # Same user version: same memberships, so the same projects to check.
+        versions = get_versions("project", list(entry[1]))
+        if versions == entry[1]:
+            CACHE_LOOKUPS.labels("project_list", "hit").inc()
+            return entry[2]
+    else:
+        project_ids = get_or_build(
+            make_key("umem", user.pk, user_version),
+            lambda: list(
+                Membership.objects.filter(user_id=user.pk, project__is_active=True)
+                .order_by("project_id").values_list("project_id", flat=True)
+            ),
+            name="memberships",
+        )
+        versions = get_versions("project", project_ids) if project_ids else {}
+    CACHE_LOOKUPS.labels("project_list", "miss").inc()
+    body = build()
+    safe_set(key, (user_version, versions, body))
+    return body

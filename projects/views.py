@@ -46,12 +46,11 @@ def render_not_found(request, message="There is nothing here."):
 def render_home(request, *, create_error=None, create_form=None, status=200):
     user = request.user
     page = parse_page_number(request.GET.get("page"))
-    total = selectors.count_user_projects(user)
-    memberships = selectors.get_user_memberships(
+    projects, total = selectors.get_user_project_page(
         user, offset=(page - 1) * HOME_PAGE_SIZE, limit=HOME_PAGE_SIZE
     )
     context = {
-        "memberships": memberships,
+        "projects": projects,
         "total": total,
         "page": page,
         "has_next": page * HOME_PAGE_SIZE < total,

@@ -79,8 +79,11 @@ def test_cursor_history_query_count_is_constant(
 ):
     send_alternating(owner, member, project, send, n_messages)
     # auth (session + user); the membership check with its project joined; one
-    # SELECT of limit + 1 rows (the extra row answers has_more) with authors joined.
-    with django_assert_num_queries(auth_queries() + 2):
+    # SELECT of limit + 1 rows (the extra row answers has_more) with authors
+    # joined -- except for the first page, which the last send built again
+    # after its commit (chat.selectors.warm_first_page).
+    history_queries = 0 if cursor == "" else 1
+    with django_assert_num_queries(auth_queries() + 1 + history_queries):
         response = client_member.get(f"/api/projects/{project.pk}/messages?{cursor}")
     assert response.status_code == 200
     assert len(response.json()["items"]) == n_messages
@@ -591,9 +594,12 @@ def test_edit_by_author_who_left_is_403(member, project, send, client_member):
 # --- delete ---------------------------------------------------------------------------
 
 
-def test_delete_leaves_a_tombstone(member, project, send, client_member):
+def test_delete_leaves_a_tombstone(
+    member, project, send, client_member, django_capture_on_commit_callbacks
+):
     (message,) = send(member, project, 1)
-    response = client_member.delete(f"/api/messages/{message.pk}")
+    with django_capture_on_commit_callbacks(execute=True):  # as after a real commit
+        response = client_member.delete(f"/api/messages/{message.pk}")
     assert response.status_code == 204
     assert response.content == b""
     assert Message.objects.filter(pk=message.pk).exists()  # a tombstone, not a hole

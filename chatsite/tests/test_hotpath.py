@@ -16,6 +16,7 @@ from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from prometheus_client import REGISTRY
 
+from chat.actions import do_send_message
 from chatsite.hotpath import HotHistory
 from conftest import login_client
 
@@ -184,17 +185,33 @@ def test_deactivated_user_and_removed_member_are_refused(apps, warm, project, me
     assert call(hot, environ(messages_path(project), warm))[0] == 401
 
 
-def test_a_send_retires_the_cached_body(apps, warm, project, member, send):
+def test_a_send_rebuilds_the_cached_first_page(
+    apps, warm, project, member, send, django_assert_num_queries
+):
     hot, _ = apps
     call(hot, environ(messages_path(project), warm))
-    send(member, project, 1, prefix="fresh")
+    send(member, project, 1, prefix="fresh")  # runs its after-commit work
+    before, before_stale = served(), declined("stale")
+    with django_assert_num_queries(0):
+        status, _, body = call(hot, environ(messages_path(project), warm))
+    assert (status, served(), declined("stale")) == (200, before + 1, before_stale)
+    assert orjson.loads(body)["items"][0]["content"] == "fresh 0"
+
+
+def test_a_change_without_its_rebuild_is_declined_as_stale(apps, warm, project, member):
+    from chatsite.cache import bump_version
+
+    hot, _ = apps
+    call(hot, environ(messages_path(project), warm))
+    do_send_message(member, project.pk, "fresh")  # its after-commit work never ran
+    bump_version("project", project.pk)  # another process's bump, before its rebuild
     before_stale = declined("stale")
     status, _, body = call(hot, environ(messages_path(project), warm))
     assert declined("stale") == before_stale + 1  # Django rebuilt it
-    assert orjson.loads(body)["items"][0]["content"] == "fresh 0"
+    assert orjson.loads(body)["items"][0]["content"] == "fresh"
     before = served()
     status, _, body = call(hot, environ(messages_path(project), warm))
-    assert served() == before + 1 and orjson.loads(body)["items"][0]["content"] == "fresh 0"
+    assert served() == before + 1 and orjson.loads(body)["items"][0]["content"] == "fresh"
 
 
 def test_disallowed_host_gets_djangos_400(apps, warm, project):
