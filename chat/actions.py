@@ -16,6 +16,7 @@ from chat import broadcast
 from chat.mentions import find_mentions
 from chat.models import Mention, Message
 from chat.selectors import warm_first_page
+from chat.serializers import serialize_message
 from chatsite.cache import bump_version
 from chatsite.errors import Conflict, Invalid
 from projects.access import access_project_cached
@@ -43,13 +44,14 @@ def notify_change(message):
     """
     project_id = message.project_id
     broadcast.broadcast_on_commit(message)
-    transaction.on_commit(lambda: refresh_project_reads(project_id))
+    item = serialize_message(message)
+    transaction.on_commit(lambda: refresh_project_reads(project_id, item))
 
 
-def refresh_project_reads(project_id):
+def refresh_project_reads(project_id, item=None):
     version = bump_version("project", project_id)
     if version is not None:
-        warm_first_page(project_id, version)
+        warm_first_page(project_id, version, item)
 
 
 def take_next_seq(project_id):

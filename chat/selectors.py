@@ -8,13 +8,21 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Q, Subquery
+from prometheus_client import Counter
 
 from chat.models import Mention, Message
+from projects.models import Project
 from chat.serializers import serialize_messages
 from chatsite.cache import get_slot, make_key
 from chatsite.rawsql import as_datetime, as_uuid_text
 
 logger = logging.getLogger(__name__)
+
+CACHE_WARMS = Counter(
+    "chat_history_warms_total",
+    "First history pages rebuilt after a change, by how (applied to the page before, or read)",
+    ["how"],
+)
 
 
 def _messages(project_id):
@@ -40,11 +48,13 @@ def _history_sql(kind):
     Body builds run after every change of a busy project, so they skip the
     ORM's per-call query construction (several times the query's own cost):
     one fixed statement per kind, rows serialized straight from the cursor.
-    chat/tests/test_selectors.py checks the output against serialize_messages
-    over the ORM's rows.
+    Every row also carries the project's number (`upto`: the page holds every
+    change up to it, read in the same statement). chat/tests/test_selectors.py
+    checks the output against serialize_messages over the ORM's rows.
     """
     qn = connection.ops.quote_name
     message, user = qn(Message._meta.db_table), qn(get_user_model()._meta.db_table)
+    project = qn(Project._meta.db_table)
     where, order = {
         "recent": ("", "m.seq DESC"),
         "before": (" AND m.seq < %s", "m.seq DESC"),
@@ -52,8 +62,9 @@ def _history_sql(kind):
     }[kind]
     return (
         "SELECT m.id, m.project_id, m.seq, m.changed_seq, m.author_id, u.username,"
-        " m.content, m.created_at, m.edited_at, m.deleted_at, m.client_msg_id"
+        " m.content, m.created_at, m.edited_at, m.deleted_at, m.client_msg_id, p.seq"
         f" FROM {message} m INNER JOIN {user} u ON u.id = m.author_id"
+        f" INNER JOIN {project} p ON p.id = m.project_id"
         f" WHERE m.project_id = %s{where} ORDER BY {order} LIMIT %s"
     )
 
@@ -61,7 +72,7 @@ def _history_sql(kind):
 def _serialize_row(row):
     """serialize_message's JSON of one _history_sql row."""
     (pk, project_id, seq, changed_seq, author_id, username, content, created_at,
-     edited_at, deleted_at, client_msg_id) = row
+     edited_at, deleted_at, client_msg_id, _upto) = row
     deleted = deleted_at is not None
     return {
         "id": pk,
@@ -77,8 +88,12 @@ def _serialize_row(row):
     }
 
 
-def build_history_body(project_id, *, before=None, after=None, limit=50):
-    """The encoded cursor-history JSON, from one precompiled query."""
+def read_history_page(project_id, *, before=None, after=None, limit=50):
+    """Return (encoded cursor-history JSON, upto) from one precompiled query.
+
+    `upto` is the project's number when the page was read (every change up to
+    it is in), or None for a page with no rows.
+    """
     if after is not None:
         kind, params, cursor_field = "after", [project_id, after], "changed_seq"
     elif before is not None:
@@ -91,7 +106,13 @@ def build_history_body(project_id, *, before=None, after=None, limit=50):
     has_more = len(rows) > limit
     items = [_serialize_row(row) for row in rows[:limit]]
     next_cursor = items[-1][cursor_field] if has_more and items else None
-    return orjson.dumps({"items": items, "has_more": has_more, "next_cursor": next_cursor})
+    body = orjson.dumps({"items": items, "has_more": has_more, "next_cursor": next_cursor})
+    return body, (rows[0][-1] if rows else None)
+
+
+def build_history_body(project_id, *, before=None, after=None, limit=50):
+    """The encoded cursor-history JSON, from one precompiled query."""
+    return read_history_page(project_id, before=before, after=after, limit=limit)[0]
 
 
 def get_changes_after(project_id, *, after, limit=200, upto=None):
@@ -171,25 +192,64 @@ def history_slot(project_id, before, after, limit):
 FIRST_PAGE_LIMIT = 50  # the API's default limit, the page client's and locust's
 
 
-def warm_first_page(project_id, version):
+def warm_first_page(project_id, version, item=None):
     """Build a project's first history page for `version`, which this caller just
     made current (after its commit). Never raises: a reader rebuilds instead.
 
-    A body built from rows read after the bump that made `version` current
-    holds every change that version stands for. Two committers that warm at
-    once may store in either order; an older tag left in the slot is only
-    stale, and the next reader rebuilds it.
+    The slot holds (version, page, upto): the page holds every change up to
+    number `upto`. `item` is the change's message JSON. When the slot holds the
+    page of the version before and this change is the number after `upto`,
+    the change is applied to that page -- a new message goes on top, an edit
+    or a deletion replaces its item -- instead of reading the page again;
+    otherwise (a gap: some change's after-commit work never ran, or an
+    outdated slot) the page is read. Either way the page holds every change
+    `version` stands for. Two committers that warm at once may store in
+    either order; an older tag left in the slot is only stale, and the next
+    reader rebuilds it.
     """
-    from chatsite.cache import safe_set
+    from chatsite.cache import safe_get, safe_set
 
     if not settings.CACHE_HOT_READS:
         return
-    try:
-        body = build_history_body(project_id, limit=FIRST_PAGE_LIMIT)
-    except Exception:  # noqa: BLE001 - the send has committed; readers rebuild
-        logger.warning("event=warm_failed project=%s", project_id, exc_info=True)
-        return
-    safe_set(history_slot(project_id, None, None, FIRST_PAGE_LIMIT), (version, body))
+    slot = history_slot(project_id, None, None, FIRST_PAGE_LIMIT)
+    entry = safe_get(slot) if item is not None else None
+    if (entry is not None and len(entry) == 3 and entry[0] == version - 1
+            and entry[2] is not None and item["changed_seq"] <= entry[2] + 1):
+        body = _apply_change(entry[1], item, FIRST_PAGE_LIMIT)
+        upto = max(entry[2], item["changed_seq"])
+        CACHE_WARMS.labels("applied").inc()
+    else:
+        try:
+            body, upto = read_history_page(project_id, limit=FIRST_PAGE_LIMIT)
+        except Exception:  # noqa: BLE001 - the send has committed; readers rebuild
+            logger.warning("event=warm_failed project=%s", project_id, exc_info=True)
+            return
+        CACHE_WARMS.labels("read").inc()
+    safe_set(slot, (version, body, upto))
+
+
+def _apply_change(body, item, limit):
+    """A first page's JSON with one more change applied (see warm_first_page)."""
+    page = orjson.loads(body)
+    items = page["items"]
+    if item["seq"] == item["changed_seq"]:  # a new message
+        if items and items[0]["seq"] >= item["seq"]:
+            return body  # the page was read after this message's commit
+        items.insert(0, item)
+        if len(items) > limit:
+            del items[limit:]
+            page["has_more"] = True
+        page["next_cursor"] = items[-1]["seq"] if page["has_more"] else None
+    else:  # an edit or a deletion: its item, if the page shows it, is replaced
+        for i, shown in enumerate(items):
+            if shown["id"] == item["id"]:
+                if shown["changed_seq"] >= item["changed_seq"]:
+                    return body
+                items[i] = item
+                break
+        else:
+            return body  # older than the first page
+    return orjson.dumps(page)
 
 
 def get_history_body(user, project_id, *, before=None, after=None, limit=50):

@@ -8,7 +8,7 @@ import pytest
 
 from chat.actions import do_delete_message, do_edit_message, do_send_message
 from chat.selectors import build_history_body, get_changes_after, get_recent_messages
-from chat.serializers import serialize_messages
+from chat.serializers import serialize_message, serialize_messages
 
 
 def orm_body(project_id, *, before=None, after=None, limit=50):
@@ -59,3 +59,89 @@ def test_history_body_shows_tombstones_edits_and_client_ids(history, project):
 def test_history_body_of_an_empty_project(project):
     assert orjson.loads(build_history_body(project.pk)) == {
         "items": [], "has_more": False, "next_cursor": None}
+
+
+def warms(how):
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("chat_history_warms_total", {"how": how}) or 0
+
+
+def cached_first_page(project_id):
+    from chat.selectors import FIRST_PAGE_LIMIT, history_slot
+    from chatsite.cache import get_version, safe_get
+
+    entry = safe_get(history_slot(project_id, None, None, FIRST_PAGE_LIMIT))
+    assert entry is not None and entry[0] == get_version("project", project_id)
+    return entry[1]
+
+
+def test_changes_are_applied_to_the_cached_first_page(
+    owner, member, project, send, django_capture_on_commit_callbacks
+):
+    def after_commit(fn, *args):
+        with django_capture_on_commit_callbacks(execute=True):
+            return fn(*args)
+
+    sent = send(owner, project, 1)  # the first page is read once...
+    applied = warms("applied")
+    sent += send(member, project, 54)  # ...then each send goes on top of it
+    assert warms("applied") == applied + 54
+    after_commit(do_edit_message, sent[-1], "edited, on the page")
+    after_commit(do_delete_message, sent[-3])
+    after_commit(do_edit_message, sent[0], "edited, older than the page")
+    after_commit(do_delete_message, sent[1])
+    assert warms("applied") == applied + 58
+    page = orjson.loads(cached_first_page(project.pk))
+    assert page == orjson.loads(build_history_body(project.pk))
+    assert (len(page["items"]), page["has_more"], page["next_cursor"]) == (50, True, 6)
+    assert page["items"][0]["content"] == "edited, on the page"
+    assert page["items"][2]["deleted"] is True
+
+
+def test_a_page_the_change_is_not_the_next_of_is_read_again(owner, project, send):
+    from chatsite.cache import bump_version
+
+    send(owner, project, 2)
+    bump_version("project", project.pk)  # a change whose rebuild never ran
+    read, applied = warms("read"), warms("applied")
+    send(owner, project, 1, prefix="after the gap")
+    assert (warms("read"), warms("applied")) == (read + 1, applied)
+    page = orjson.loads(cached_first_page(project.pk))
+    assert page == orjson.loads(build_history_body(project.pk))
+    assert page["items"][0]["content"] == "after the gap 0"
+
+
+def test_a_page_read_after_the_change_keeps_it_once(owner, project, send):
+    from chat.selectors import FIRST_PAGE_LIMIT, history_slot, warm_first_page
+    from chatsite.cache import get_version, safe_set
+
+    first = send(owner, project, 1)[0]
+    version = get_version("project", project.pk)
+    (message, _) = do_send_message(owner, project.pk, "committed, not yet warmed")
+    # Another reader already rebuilt the page with this message under the old tag.
+    safe_set(history_slot(project.pk, None, None, FIRST_PAGE_LIMIT),
+             (version, build_history_body(project.pk)))
+    warm_first_page(project.pk, version + 1, serialize_message(message))
+    page = orjson.loads(cached_first_page_at(project.pk, version + 1))
+    assert [item["id"] for item in page["items"]] == [message.pk, first.pk]
+
+
+def cached_first_page_at(project_id, version):
+    from chat.selectors import FIRST_PAGE_LIMIT, history_slot
+    from chatsite.cache import safe_get
+
+    entry = safe_get(history_slot(project_id, None, None, FIRST_PAGE_LIMIT))
+    assert entry[0] == version
+    return entry[1]
+
+
+def test_a_change_whose_rebuild_never_ran_is_not_skipped(owner, project, send):
+    send(owner, project, 2)
+    do_send_message(owner, project.pk, "its after-commit work never ran")  # number 3
+    read, applied = warms("read"), warms("applied")
+    send(owner, project, 1, prefix="next")  # number 4: a gap after the page's 2
+    assert (warms("read"), warms("applied")) == (read + 1, applied)
+    page = orjson.loads(cached_first_page(project.pk))
+    assert [item["content"] for item in page["items"][:2]] == [
+        "next 0", "its after-commit work never ran"]
