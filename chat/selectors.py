@@ -11,10 +11,10 @@ from django.db.models import Q, Subquery
 from prometheus_client import Counter
 
 from chat.models import Mention, Message
-from projects.models import Project
 from chat.serializers import serialize_messages
 from chatsite.cache import get_slot, make_key
 from chatsite.rawsql import as_datetime, as_uuid_text
+from projects.models import Project
 
 logger = logging.getLogger(__name__)
 

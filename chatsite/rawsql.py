@@ -19,7 +19,7 @@ def as_datetime(value):
     if isinstance(value, str):
         value = parse_datetime(value)
     if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.timezone.utc)
+        value = value.replace(tzinfo=datetime.UTC)
     return value
 
 

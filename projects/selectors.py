@@ -113,7 +113,12 @@ def get_user_projects_body(user, *, page, per_page):
     import orjson
 
     from chatsite.cache import (
-        CACHE_LOOKUPS, get_or_build, get_versions, make_key, safe_get_many, safe_set,
+        CACHE_LOOKUPS,
+        get_or_build,
+        get_versions,
+        make_key,
+        safe_get_many,
+        safe_set,
         version_key,
     )
 
