@@ -35,6 +35,10 @@ def main():
     parser.add_argument("--duration", type=int, default=60)
     parser.add_argument("--message-rate", type=float, default=120)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--http-workers", type=int, default=None,
+                        help="granian workers (default: --workers)")
+    parser.add_argument("--http-threads", type=int, default=8,
+                        help="granian blocking threads per worker (make serve's HTTP_THREADS)")
     parser.add_argument("--spawn-rate", type=int, default=50)
     parser.add_argument("--think-time", default=None, help="MIN,MAX seconds between HTTP tasks")
     parser.add_argument("--ws-users", default=None, help="users with a socket (loadtest's --ws-users)")
@@ -50,7 +54,8 @@ def main():
                    "--password", PASSWORD, timeout=600)
         # make serve's layout: sockets on uvicorn, HTTP on granian (WSGI).
         sockets = LiveServer(env, workers=args.workers).start()
-        server = LiveServer(env, workers=args.workers, http="granian",
+        server = LiveServer(env, workers=args.http_workers or args.workers, http="granian",
+                            threads=args.http_threads,
                             extra_env={"WS_PUBLIC_URL": sockets.ws_url}).start()
         before = server.cpu_seconds() + sockets.cpu_seconds()
         generator_before = resource.getrusage(resource.RUSAGE_CHILDREN)

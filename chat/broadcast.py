@@ -153,7 +153,16 @@ class RedisBus:
 
 
 class _Subscriber:
-    """One pub/sub connection per event loop, reading for every hub of the loop."""
+    """One pub/sub connection per event loop, reading for every hub of the loop.
+
+    Subscribes and unsubscribes take turns (a lock): redis-py's PubSub opens
+    its connection on the first command without a lock, so two hubs starting
+    at once each opened one, and the channel subscribed on the connection
+    nobody read went deaf (its hub then saw changes only through its 3 s poll:
+    found by the load test, pinned by chat/tests/test_bus.py). Taking turns
+    also keeps the order on the wire: a closing hub's UNSUBSCRIBE can no
+    longer follow the SUBSCRIBE of the hub that replaced it.
+    """
 
     def __init__(self, url):
         import redis.asyncio as aioredis
@@ -162,21 +171,26 @@ class _Subscriber:
         self.pubsub = self.client.pubsub()
         self.channels = set()
         self.reader = None
+        self.lock = asyncio.Lock()
 
     async def subscribe(self, project_id):
         channel = bus_channel(project_id)
-        self.channels.add(channel)
-        await self.pubsub.subscribe(channel)
-        if self.reader is None or self.reader.done():
-            self.reader = asyncio.get_running_loop().create_task(self._read())
+        async with self.lock:
+            self.channels.add(channel)
+            await self.pubsub.subscribe(channel)
+            if self.reader is None or self.reader.done():
+                self.reader = asyncio.get_running_loop().create_task(self._read())
 
     async def unsubscribe(self, project_id):
         channel = bus_channel(project_id)
-        self.channels.discard(channel)
-        try:
-            await self.pubsub.unsubscribe(channel)
-        except Exception:  # noqa: BLE001 - a dead connection has no subscription
-            logger.info("event=unsubscribe_failed channel=%s", channel)
+        async with self.lock:
+            if project_id in get_registry().hubs:
+                return  # a new hub of the project took over the subscription
+            self.channels.discard(channel)
+            try:
+                await self.pubsub.unsubscribe(channel)
+            except Exception:  # noqa: BLE001 - a dead connection has no subscription
+                logger.info("event=unsubscribe_failed channel=%s", channel)
 
     async def _read(self):
         registry = get_registry()
@@ -205,13 +219,14 @@ class _Subscriber:
                 hub.feed_raw(msg["data"])
 
     async def _resubscribe(self):
-        try:
-            await self.pubsub.reset()
-            self.pubsub = self.client.pubsub()
-            if self.channels:
-                await self.pubsub.subscribe(*self.channels)
-        except Exception:  # noqa: BLE001 - tried again on the next failure
-            logger.info("event=resubscribe_failed")
+        async with self.lock:
+            try:
+                await self.pubsub.reset()
+                self.pubsub = self.client.pubsub()
+                if self.channels:
+                    await self.pubsub.subscribe(*self.channels)
+            except Exception:  # noqa: BLE001 - tried again on the next failure
+                logger.info("event=resubscribe_failed")
 
 
 _bus = None
