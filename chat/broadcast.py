@@ -354,6 +354,7 @@ class ProjectHub:
         self.buffer = {}  # changed_seq -> message, ahead of a gap
         self.pending = []  # ordered messages waiting for the batch to go
         self.last_flush = 0.0
+        self.last_arrival = 0.0  # when the last change was accepted (monotonic)
         self.flush_handle = None
         self.gap_handle = None
         self.catching_up = False
@@ -442,19 +443,26 @@ class ProjectHub:
     def _accept(self, message):
         self.last_seq = message["changed_seq"]
         self.pending.append(message)
+        now = time.monotonic()
+        since_previous, self.last_arrival = now - self.last_arrival, now
         max_batch = settings.BROADCAST_MAX_BATCH
         wait = settings.BROADCAST_MAX_WAIT_MS / 1000
+        linger = settings.BROADCAST_LINGER_MS / 1000
         if len(self.pending) >= max_batch:
             self.flush()
         elif self.flush_handle is None:
-            quiet = time.monotonic() - self.last_flush
-            if quiet >= wait:
-                self.flush()  # the first change after a quiet period goes at once
+            quiet = now - self.last_flush
+            if quiet >= wait or since_previous >= linger:
+                # The first change after a quiet period goes at once, and so
+                # does one that came no sooner than a linger after the one
+                # before: at a few changes a second company is unlikely
+                # within the linger, and waiting would only add latency.
+                self.flush()
             else:
-                # Never later than BROADCAST_MAX_WAIT_MS after the first change;
-                # BROADCAST_LINGER_MS (shorter) keeps delivery p95 low at moderate
-                # rates while a busy project still fills batches of 10.
-                linger = settings.BROADCAST_LINGER_MS / 1000
+                # Changes are coming close together: wait for company, never
+                # later than BROADCAST_MAX_WAIT_MS after the first change;
+                # BROADCAST_LINGER_MS (shorter) keeps delivery p95 low while a
+                # busy project still fills batches of 10.
                 self.flush_handle = self.loop.call_later(min(wait - quiet, linger), self.flush)
 
     def request_catch_up(self):

@@ -197,6 +197,20 @@ async def test_changes_in_a_window_wait_at_most_the_linger(member, owner, projec
         await comm.disconnect()
 
 
+async def test_a_change_a_linger_after_the_previous_one_is_not_held(member, owner, project):
+    # Inside the window but no sooner than a linger after the change before:
+    # a change at a few per second goes at once instead of waiting for company.
+    with override_settings(BROADCAST_MAX_WAIT_MS=60000, BROADCAST_LINGER_MS=2000):
+        comm = await open_socket(member, project.pk)
+        await send_as(owner, project, 1)
+        await receive_type(comm, "message_batch", timeout=1)
+        await asyncio.sleep(2.1)
+        await send_as(owner, project, 1, prefix="later")
+        frame = await receive_type(comm, "message_batch", timeout=1)
+        assert [m["content"] for m in frame["messages"]] == ["later0"]
+        await comm.disconnect()
+
+
 async def test_batch_is_encoded_once_for_all_recipients(member, owner, project, monkeypatch):
     calls = []
     original = broadcast.encode_frame
