@@ -43,6 +43,8 @@ def main():
     parser.add_argument("--think-time", default=None, help="MIN,MAX seconds between HTTP tasks")
     parser.add_argument("--ws-users", default=None, help="users with a socket (loadtest's --ws-users)")
     parser.add_argument("--steady", action="store_true", help="steady-state latencies (loadtest's --steady)")
+    parser.add_argument("--csv", metavar="PREFIX", default=None,
+                        help="locust's CSV files (stats, per-second history) at PREFIX")
     parser.add_argument("--extra", nargs="*", default=[], help="KEY=VALUE server settings")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.extra)
@@ -72,6 +74,8 @@ def main():
             cmd += ["--ws-users", args.ws_users]
         if args.steady:
             cmd += ["--steady"]
+        if args.csv:
+            cmd += ["--csv", args.csv]
         print("$", " ".join(cmd[1:]), flush=True)
         proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True,
                               timeout=args.duration + 600)

@@ -61,6 +61,7 @@ Environment (all optional):
   LOADTEST_RESULT_FILE    write the final counters here as JSON
 """
 
+import gc
 import itertools
 import json
 import logging
@@ -592,9 +593,62 @@ def _count_http(request_type, **kwargs):
         RUN.http_requests += 1
 
 
+class GeneratorLag:
+    """How late this process's event loop runs, and its garbage-collector pauses.
+
+    Every delivery is timed when its reader greenlet runs, so a busy or paused
+    generator makes the server look slow: a greenlet that asks to sleep 10 ms
+    records how much later it woke (steady state only), and gc callbacks time
+    every full (generation 2) collection, which stops every greenlet.
+    """
+
+    TICK = 0.01
+
+    def __init__(self):
+        self.lags_ms = []
+        self.gc_pauses_ms = []
+        self._gc_started = None
+
+    def start(self):
+        gc.callbacks.append(self._on_gc)
+        gevent.spawn(self._tick)
+
+    def _tick(self):
+        while RUN.stopped_at is None:
+            before = time.perf_counter()
+            gevent.sleep(self.TICK)
+            if RUN.steady_at is not None:
+                self.lags_ms.append((time.perf_counter() - before - self.TICK) * 1000)
+
+    def _on_gc(self, phase, info):
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started is not None and RUN.steady_at is not None:
+            self.gc_pauses_ms.append((time.perf_counter() - self._gc_started) * 1000)
+
+    def summary(self):
+        lags = sorted(self.lags_ms)
+
+        def pct(p):
+            return round(lags[min(len(lags) - 1, int(len(lags) * p))], 1) if lags else None
+
+        return {
+            "loop_lag_p50_ms": pct(0.5), "loop_lag_p95_ms": pct(0.95),
+            "loop_lag_p99_ms": pct(0.99), "loop_lag_max_ms": pct(1.0),
+            "gc_full_collections": len(self.gc_pauses_ms),
+            "gc_full_pause_max_ms": round(max(self.gc_pauses_ms), 1) if self.gc_pauses_ms else 0,
+        }
+
+
+LAG = GeneratorLag()
+
+
 @events.test_start.add_listener
 def _on_test_start(environment, **kwargs):
     RUN.started_at = time.time()
+    LAG.start()
 
 
 @events.spawning_complete.add_listener
@@ -709,6 +763,7 @@ def build_result(environment):
         "duplicated": RUN.counts["duplicated"],
         "out_of_order": RUN.counts["out_of_order"],
         **RUN.counts,
+        "generator": LAG.summary(),
         "send_errors": dict(RUN.send_errors),
         "close_codes": dict(RUN.close_codes),
         "total_failures": stats.total.num_failures,

@@ -520,6 +520,16 @@ class Command(BaseCommand):
             f"{summary['sockets_behind_at_end']:,} still behind after the "
             f"{summary['drain_seconds']:.1f} s drain."
         )
+        generator = summary.get("generator") or {}
+        if generator.get("loop_lag_p95_ms") is not None:
+            self.stdout.write(
+                f"Generator (this locust process): event loop lag p50 "
+                f"{generator['loop_lag_p50_ms']} ms, p95 {generator['loop_lag_p95_ms']} ms, "
+                f"p99 {generator['loop_lag_p99_ms']} ms, max {generator['loop_lag_max_ms']} ms; "
+                f"{generator['gc_full_collections']} full garbage collections (longest "
+                f"{generator['gc_full_pause_max_ms']} ms). Every latency above includes the "
+                "generator's own lag."
+            )
         problems = []
         if summary["total_failures"]:
             problems.append(f"{summary['total_failures']:,} failed requests: "
