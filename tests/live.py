@@ -183,7 +183,9 @@ class LiveServer:
                         return self
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError("server did not become healthy")
+        self.stop()  # its workers too: nothing of a failed start keeps running
+        raise RuntimeError(
+            f"server did not become healthy: {Path(self.log.name).read_text()[-2000:]}")
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
