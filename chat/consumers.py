@@ -73,6 +73,10 @@ def mark_read(user, project_id, seq):
 class ProjectConsumer(AsyncWebsocketConsumer):
     """Thin: parse, check, then hand the socket to its project's hub."""
 
+    # Changes reach sockets through their project's hub (chat.broadcast), never
+    # through the channel layer: no channel per socket (with the Redis layer,
+    # one pub/sub subscription per socket, opened and closed with it).
+    channel_layer_alias = None
     hub = None
     writer = None
     closing = False

@@ -154,6 +154,20 @@ async def test_foreign_or_missing_origin_is_refused(member, project, origin):
 # --- live delivery and batching -----------------------------------------------------
 
 
+async def test_a_socket_opens_no_channel_layer_channel(member, owner, project, monkeypatch):
+    from channels.layers import get_channel_layer
+
+    def no_channel(*args, **kwargs):
+        raise AssertionError("a socket asked the channel layer for a channel")
+
+    monkeypatch.setattr(get_channel_layer(), "new_channel", no_channel, raising=False)
+    comm = await open_socket(member, project.pk)
+    await send_as(owner, project, 1, prefix="hub")
+    frame = await receive_type(comm, "message_batch")
+    assert [m["content"] for m in frame["messages"]] == ["hub0"]
+    await comm.disconnect()
+
+
 async def test_message_sent_over_http_action_arrives_live(member, owner, project):
     comm = await open_socket(member, project.pk)
     await send_as(owner, project, 1, prefix="live")
