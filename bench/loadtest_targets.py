@@ -2,7 +2,9 @@
 
 Usage:
     .venv/bin/python bench/loadtest_targets.py [--users 500] [--projects 25]
-        [--duration 60] [--message-rate 120] [--workers 2]
+        [--duration 60] [--message-rate 120] [--workers 2] [--steady]
+        [--think-time MIN,MAX] [--http-workers N] [--http-threads N]
+        [--csv PREFIX] [--extra KEY=VALUE ...]
 
 Starts `make serve`'s layout (HTTP on granian's WSGI interface, sockets on
 `uvicorn chatsite.asgi`, one worker per core each) on a fresh database, seeds
