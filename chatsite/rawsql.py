@@ -30,7 +30,3 @@ def as_uuid_text(value):
     if not isinstance(value, uuid.UUID):
         value = uuid.UUID(str(value))
     return str(value)
-
-
-def as_bool(value):
-    return bool(value)

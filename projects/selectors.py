@@ -7,7 +7,7 @@ from django.db import connection
 from django.db.models import Q
 
 from chat.models import Mention, Message
-from chatsite.rawsql import as_bool, as_datetime
+from chatsite.rawsql import as_datetime
 from projects.models import Membership, Project
 
 
@@ -61,8 +61,8 @@ def get_user_project_page(user, *, offset=0, limit=50):
             "name": name,
             "description": description,
             "owner_id": owner_id,
-            "is_private": as_bool(is_private),
-            "is_active": as_bool(is_active),
+            "is_private": bool(is_private),
+            "is_active": bool(is_active),
             "created_at": as_datetime(created_at),
             "seq": seq,
             "role": role,
