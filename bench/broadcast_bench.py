@@ -202,7 +202,7 @@ def drive_send(args):
         group = f"project.{args.project}"
         local = threading.local()
 
-        def group_send_on_commit(message):
+        def group_send_on_commit(message, item=None):
             # The message JSON the hub would send; msgpack needs plain types.
             event = {
                 "type": "chat.message",

@@ -43,8 +43,8 @@ def notify_change(message):
     of each finding it stale.
     """
     project_id = message.project_id
-    broadcast.broadcast_on_commit(message)
     item = serialize_message(message)
+    broadcast.broadcast_on_commit(message, item)
     transaction.on_commit(lambda: refresh_project_reads(project_id, item))
 
 

@@ -73,9 +73,12 @@ def encode_frame(payload):
 # --- publishing -----------------------------------------------------------------
 
 
-def broadcast_on_commit(message):
-    """Publish a message's change after the surrounding transaction commits."""
-    event = {"kind": "change", "message": serialize_message(message)}
+def broadcast_on_commit(message, item=None):
+    """Publish a message's change after the surrounding transaction commits.
+
+    `item` is the message's JSON when the caller has it already.
+    """
+    event = {"kind": "change", "message": item or serialize_message(message)}
     # Encoding now makes a value that cannot be encoded fail where it was made.
     data = orjson.dumps(event)
     project_id = message.project_id

@@ -20,6 +20,14 @@ class FakeHub:
         self.received.append(data)
 
 
+async def _close(subscriber, publisher):
+    if subscriber.reader is not None:
+        subscriber.reader.cancel()
+    await subscriber.pubsub.aclose()
+    await subscriber.client.aclose()
+    publisher.close()
+
+
 async def _hubs_starting_at_once(project_ids):
     """Subscribe many projects at once on one loop's subscriber, as 25 hubs do
     when the sockets of a busy process connect together; publish once to each;
@@ -43,11 +51,7 @@ async def _hubs_starting_at_once(project_ids):
         for pid in project_ids:
             registry.hubs.pop(pid, None)
         await subscriber.unsubscribe(project_ids[0])
-        if subscriber.reader is not None:
-            subscriber.reader.cancel()
-        await subscriber.pubsub.aclose()
-        await subscriber.client.aclose()
-        publisher.close()
+        await _close(subscriber, publisher)
 
 
 def test_hubs_subscribing_at_once_all_hear_their_channel(settings):
@@ -77,11 +81,7 @@ async def _replaced_hub_keeps_the_channel():
         return new_hub.received
     finally:
         registry.hubs.pop(7, None)
-        if subscriber.reader is not None:
-            subscriber.reader.cancel()
-        await subscriber.pubsub.aclose()
-        await subscriber.client.aclose()
-        publisher.close()
+        await _close(subscriber, publisher)
 
 
 def test_a_closing_hub_does_not_unsubscribe_its_successor(settings):
