@@ -44,6 +44,17 @@ def copies(page, text):
     return page.locator(".msg-body", has_text=text).count()
 
 
+def send_and_see_once(sender, receiver, text):
+    """Send text from one page; it shows live on the other, and once on both."""
+    sender.fill("#composer-input", text)
+    sender.press("#composer-input", "Enter")
+    receiver.wait_for_selector(f".msg-body:has-text('{text}')", timeout=5000)
+    sender.wait_for_function("() => window.chatClient.pendingCount === 0", timeout=5000)
+    time.sleep(0.5)
+    assert copies(receiver, text) == 1
+    assert copies(sender, text) == 1
+
+
 def test_two_users_talk_live_edit_delete_and_survive_a_server_restart(chat_server):
     from playwright.sync_api import sync_playwright
 
@@ -55,14 +66,7 @@ def test_two_users_talk_live_edit_delete_and_survive_a_server_restart(chat_serve
         bob = open_page(browser, server, project_id, "bob")
 
         # Bob types and sends; Alice sees it live, nobody sees it twice.
-        text = f"hello from bob {stamp}"
-        bob.fill("#composer-input", text)
-        bob.press("#composer-input", "Enter")
-        alice.wait_for_selector(f".msg-body:has-text('{text}')", timeout=5000)
-        bob.wait_for_function("() => window.chatClient.pendingCount === 0", timeout=5000)
-        time.sleep(0.5)
-        assert copies(alice, text) == 1
-        assert copies(bob, text) == 1
+        send_and_see_once(bob, alice, f"hello from bob {stamp}")
 
         # An edit and a delete by Alice appear live for Bob.
         alice.fill("#composer-input", f"typo {stamp}")
@@ -136,13 +140,7 @@ def test_browser_talks_through_granian_and_the_socket_server(split_servers):
         carol.on("websocket", lambda ws: sockets_opened.append(ws.url))
         # Dave sends from the page (the POST goes to granian); Carol's socket on
         # the uvicorn server gets it through Redis, once.
-        text = f"across servers {stamp}"
-        dave.fill("#composer-input", text)
-        dave.press("#composer-input", "Enter")
-        carol.wait_for_selector(f".msg-body:has-text('{text}')", timeout=5000)
-        dave.wait_for_function("() => window.chatClient.pendingCount === 0", timeout=5000)
-        time.sleep(0.5)
-        assert copies(carol, text) == 1 and copies(dave, text) == 1
+        send_and_see_once(dave, carol, f"across servers {stamp}")
         # Sockets go to the socket server's port, not the page's.
         sockets.stop()
         carol.wait_for_function("() => !window.chatClient.connected", timeout=10000)
