@@ -4,7 +4,7 @@ Usage:
     .venv/bin/python bench/loadtest_targets.py [--users 500] [--projects 25]
         [--duration 60] [--message-rate 120] [--workers 2] [--steady]
         [--think-time MIN,MAX] [--http-workers N] [--http-threads N]
-        [--csv PREFIX] [--extra KEY=VALUE ...]
+        [--csv PREFIX] [--metrics FILE] [--extra KEY=VALUE ...]
 
 Starts `make serve`'s layout (HTTP on granian's WSGI interface, sockets on
 `uvicorn chatsite.asgi`, one worker per core each) on a fresh database, seeds
@@ -47,6 +47,8 @@ def main():
     parser.add_argument("--steady", action="store_true", help="steady-state latencies (loadtest's --steady)")
     parser.add_argument("--csv", metavar="PREFIX", default=None,
                         help="locust's CSV files (stats, per-second history) at PREFIX")
+    parser.add_argument("--metrics", metavar="FILE", default=None,
+                        help="save both servers' /metrics after the run to FILE")
     parser.add_argument("--extra", nargs="*", default=[], help="KEY=VALUE server settings")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.extra)
@@ -95,11 +97,25 @@ def main():
         errors = [line for srv in (server, sockets) for line in srv.output().splitlines()
                   if "Traceback" in line]
         print(f"server tracebacks: {len(errors)}")
+        if args.metrics:
+            save_metrics(args.metrics, server, sockets)
     finally:
         for srv in (server, sockets):
             if srv is not None:
                 srv.stop()
         close()
+
+
+def save_metrics(path, *servers):
+    """Both servers' Prometheus exposition (cache hit ratios, hot-path outcomes, hub counters)."""
+    import urllib.request
+
+    with open(path, "w") as out:
+        for srv in servers:
+            with urllib.request.urlopen(srv.url + "/metrics", timeout=10) as response:
+                out.write(f"# --- {srv.url}/metrics\n")
+                out.write(response.read().decode())
+    print(f"metrics saved to {path}")
 
 
 if __name__ == "__main__":

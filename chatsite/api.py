@@ -169,9 +169,13 @@ api = ChatAPI(
 )
 
 
+def error_body(code, message, fields=None):
+    """The one JSON error shape of the API."""
+    return {"error": {"code": code, "message": message, "fields": fields or {}}}
+
+
 def error_response(request, status, code, message, fields=None, headers=None):
-    body = {"error": {"code": code, "message": message, "fields": fields or {}}}
-    response = api.create_response(request, body, status=status)
+    response = api.create_response(request, error_body(code, message, fields), status=status)
     for name, value in (headers or {}).items():
         response[name] = value
     return response
@@ -243,13 +247,19 @@ def on_unreadable_body(request, exc):
     )
 
 
+DATABASE_DOWN = ("unavailable", "The database is unavailable; try again shortly.")
+DATABASE_RETRY_AFTER = "5"
+
+
+def log_database_down(path, exc):
+    logger.error("event=database_unavailable path=%s error=%s", path, exc)
+
+
 @api.exception_handler(OperationalError)
 def on_database_down(request, exc):
-    logger.error("event=database_unavailable path=%s error=%s", request.path, exc)
-    return error_response(
-        request, 503, "unavailable", "The database is unavailable; try again shortly.",
-        headers={"Retry-After": "5"},
-    )
+    log_database_down(request.path, exc)
+    return error_response(request, 503, *DATABASE_DOWN,
+                          headers={"Retry-After": DATABASE_RETRY_AFTER})
 
 
 @api.exception_handler(Exception)

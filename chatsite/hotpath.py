@@ -1,25 +1,38 @@
-"""The hot read, served before Django's request stack: a project's first history page.
+"""The hot reads, served before Django's request stack: a project's first history
+page and the caller's project list.
 
-Every open chat polls or reloads its first history page, so this one read gets a
-path of its own at the WSGI level (docs/PERFORMANCE.md, "The hot path"): one
-cache round trip fetches the session, the project's version, the cached body and
-the caller's access entry (and the user, if this process has not kept it), and
-when everything is there and valid the cached body is answered as it is. Anything
-else — no session cookie, a session or user not in the cache, a session hash that
-does not match, a non-member, a stale or missing body, a bad Host, another query
-— is *declined*: the request goes to Django unchanged, which answers it (and
-fills the cache for the next one). So the hot path only ever answers what the
-Django path would answer from the same cache entries, with the same headers;
-chatsite/tests/test_hotpath.py compares the two response by response.
+Every open chat polls or reloads its first history page and its project list
+(with the unread counts), so these two reads get a path of their own at the WSGI
+level (docs/PERFORMANCE.md, "The hot path"): one cache round trip fetches the
+session (and the user, if this process has not kept it) together with what the
+read needs.
+
+- First history page: the project's version, the cached body and the caller's
+  access entry; when everything is there and valid the cached body is answered
+  as it is. A stale or missing body is declined.
+- Project list: projects.selectors.ProjectListRead's keys; a current entry is
+  answered as it is, else the list is read from the database (one query, the
+  Django path's own) and stored, here: under writes the list is retired by
+  every message in any of the user's projects, so declining would send most
+  list reads through Django's stack. A database outage gets the 503 Django's
+  DatabaseUnavailableMiddleware gives.
+
+Anything else — no session cookie, a session or user not in the cache, a session
+hash that does not match, a non-member, a bad Host, another query — is
+*declined*: the request goes to Django unchanged, which answers it (and fills
+the cache for the next one). So the hot path only ever answers what the Django
+path would answer, with the same headers; chatsite/tests/test_hotpath.py
+compares the two response by response.
 
 What it checks on every request, as Django would: the Host against
 ALLOWED_HOSTS, the session (read from the cache, so a sign-out is seen at once),
 the session's backend and its hash against the user's password hash, the user
-being active, and the caller's membership (the access entry that membership
-changes drop). What it keeps in process memory: which user a session key
-belongs to (a session key never changes hands: Django makes a new key at every
-sign-in), users for USER_LOCAL_CACHE_SECONDS as accounts.backends does, and the
-compressed forms of a body version.
+being active, and for a history page the caller's membership (the access entry
+that membership changes drop; the project list is the caller's own). What it
+keeps in process memory: which user a session key belongs to (a session key
+never changes hands: Django makes a new key at every sign-in), users for
+USER_LOCAL_CACHE_SECONDS as accounts.backends does, the session auth hash of a
+password hash, and the compressed forms of a body version.
 """
 
 import re
@@ -42,9 +55,12 @@ HOT_PATH = Counter(
 )
 
 PATH = re.compile(r"/api/projects/([1-9][0-9]{0,17})/messages")
+LIST_PATH = "/api/projects"
 QUERY = re.compile(r"(?:limit=([1-9][0-9]{0,2}))?")
+LIST_QUERY_PART = re.compile(r"(page|per_page)=([1-9][0-9]{0,8})")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200  # chat.api.MAX_CURSOR_LIMIT
+DEFAULT_PER_PAGE, MAX_PER_PAGE = 50, 100  # projects.api.page_params
 SESSION_KEY_CHARS = re.compile(r"[a-z0-9]{8,64}")
 _MAP_MAX = 50000
 _COMPRESSED_MAX = 256
@@ -54,48 +70,111 @@ class Declined(Exception):
     """This request is not for the hot path; Django answers it."""
 
 
-class HotHistory:
-    """WSGI middleware answering cached first history pages; everything else passes."""
+class HotReads:
+    """WSGI middleware answering the hot reads; everything else passes to Django."""
 
     def __init__(self, app):
         self.app = app
         self._session_users = {}  # session key -> user id
+        self._auth_hashes = {}  # (user id, password hash) -> session auth hash
         self._compressed = {}  # (slot, version, encoding) -> bytes
         self._lock = threading.Lock()
-        self._children = None
+        self._children = {}
         self._session_prefix = session_cache_prefix()
         self._static_headers = None
 
     def __call__(self, environ, start_response):
-        if environ.get("REQUEST_METHOD") != "GET":
+        if environ.get("REQUEST_METHOD") != "GET" or not settings.CACHE_HOT_READS:
             return self.app(environ, start_response)
-        match = PATH.fullmatch(environ.get("PATH_INFO", ""))
-        if match is None or not settings.CACHE_HOT_READS:
-            return self.app(environ, start_response)
+        path = environ.get("PATH_INFO", "")
+        if path == LIST_PATH:
+            route, args = self.project_list, ()
+        else:
+            match = PATH.fullmatch(path)
+            if match is None:
+                return self.app(environ, start_response)
+            route, args = self.history, (int(match.group(1)),)
         started = time.perf_counter()
         try:
-            status, headers, body = self.answer(environ, int(match.group(1)))
+            status, headers, body = route(environ, *args)
         except Declined as why:
             HOT_PATH.labels(str(why)).inc()
             return self.app(environ, start_response)
         start_response(status, headers)
-        served, hit, duration, requests = self.children()
+        served, hit, duration, requests = self.children(route.__name__, status)
         served.inc()
-        hit.inc()
+        if hit is not None:
+            hit.inc()
         if settings.ENABLE_METRICS:
             duration.observe(time.perf_counter() - started)
             requests.inc()
         return [body]
 
-    # --- the read --------------------------------------------------------------------
+    # --- the reads -------------------------------------------------------------------
 
-    def answer(self, environ, project_id):
+    def history(self, environ, project_id):
         query = QUERY.fullmatch(environ.get("QUERY_STRING", ""))
         if query is None:
             raise Declined("query")
         limit = int(query.group(1) or DEFAULT_LIMIT)
         if limit > MAX_LIMIT:
             raise Declined("query")
+        secure = self.check_request(environ)
+        session_key, user_id = self.session_user(environ)
+
+        from chat.selectors import history_slot
+        from chatsite.cache import version_key
+        from projects.access import access_key
+
+        slot = history_slot(project_id, None, None, limit)
+        _user, (version, entry, role) = self.fetch_with_session(
+            session_key, user_id, [version_key("project", project_id), slot,
+                                   access_key(user_id, project_id)])
+        if not isinstance(role, str) or role.startswith("!"):
+            raise Declined("access")
+        if version is None or entry is None or entry[0] != version:
+            raise Declined("stale")
+        return self.response(environ, entry[1], secure, packed_as=(slot, version))
+
+    def project_list(self, environ):
+        page, per_page = self.list_query(environ.get("QUERY_STRING", ""))
+        secure = self.check_request(environ)
+        session_key, user_id = self.session_user(environ)
+
+        from django.core import signals
+        from django.db import OperationalError
+
+        from projects.selectors import ProjectListRead
+
+        read = ProjectListRead(user_id, page, per_page)
+        user, values = self.fetch_with_session(session_key, user_id, read.keys)
+        # A miss reads the database: as a request to Django would, with its
+        # connection given back (to the pool) when the request ends.
+        signals.request_started.send(sender=self.__class__, environ=environ)
+        try:
+            body = read.body(user, values)
+        except OperationalError as exc:
+            return self.unavailable(environ, exc, secure)
+        finally:
+            signals.request_finished.send(sender=self.__class__)
+        return self.response(environ, body, secure)
+
+    def list_query(self, query):
+        """page and per_page as projects.api.page_params reads them, in their plain
+        form (anything else is Django's to answer)."""
+        found = {}
+        for part in query.split("&") if query else ():
+            match = LIST_QUERY_PART.fullmatch(part)
+            if match is None or match.group(1) in found:
+                raise Declined("query")
+            found[match.group(1)] = int(match.group(2))
+        return (found.get("page", 1),
+                min(found.get("per_page", DEFAULT_PER_PAGE), MAX_PER_PAGE))
+
+    # --- the caller ------------------------------------------------------------------
+
+    def check_request(self, environ):
+        """Django's checks before any view: the scheme and the Host. Returns is_secure."""
         secure = self.is_secure(environ)
         if settings.SECURE_SSL_REDIRECT and not secure:
             raise Declined("scheme")  # Django answers with its redirect
@@ -103,42 +182,37 @@ class HotHistory:
         domain, _port = split_domain_port(host)
         if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
             raise Declined("host")
+        return secure
+
+    def session_user(self, environ):
+        """(session key, user id) of the request's session cookie, else declined."""
         session_key = self.session_key(environ)
         user_id = self._session_users.get(session_key)
         if user_id is None:
             user_id = self.learn_session_user(session_key)
+        return session_key, user_id
 
+    def fetch_with_session(self, session_key, user_id, keys):
+        """One round trip for the session, the user (unless kept) and `keys` of the
+        default cache; checks the session as Django would. Returns (user, values)."""
         from accounts.backends import local_user, remember_user, user_cache_key
-        from chat.selectors import history_slot
-        from chatsite.cache import version_key
-        from projects.access import access_key
 
-        slot = history_slot(project_id, None, None, limit)
-        vkey = version_key("project", project_id)
-        akey = access_key(user_id, project_id)
         user = local_user(user_id)
-        pairs = [(settings.SESSION_CACHE_ALIAS, self.session_cache_key(session_key)), ("default", vkey),
-                 ("default", slot), ("default", akey)]
+        pairs = [(settings.SESSION_CACHE_ALIAS, self.session_cache_key(session_key)),
+                 *(("default", key) for key in keys)]
         if user is None:
             pairs.append(("default", user_cache_key(user_id)))
         found = fetch(pairs)
-
         session = found[0]
         if not isinstance(session, dict):
             raise Declined("session")
         if user is None:
-            user = found[4]
+            user = found[-1]
             if user is None:
                 raise Declined("user")
             remember_user(user_id, user)
         self.check_session(session, user, user_id)
-
-        version, entry, role = found[1:4]
-        if not isinstance(role, str) or role.startswith("!"):
-            raise Declined("access")
-        if version is None or entry is None or entry[0] != version:
-            raise Declined("stale")
-        return self.response(environ, slot, version, entry[1], secure)
+        return user, found[1:1 + len(keys)]
 
     def is_secure(self, environ):
         """HttpRequest.is_secure: the proxy's header when configured, else the scheme."""
@@ -191,21 +265,40 @@ class HotHistory:
         if not user.is_active:
             raise Declined("user")
         session_hash = session.get(HASH_SESSION_KEY)
-        if not session_hash or not constant_time_compare(session_hash,
-                                                         user.get_session_auth_hash()):
+        if not session_hash or not constant_time_compare(session_hash, self.auth_hash(user)):
             raise Declined("session")  # fallback keys and flushing: Django's job
+
+    def auth_hash(self, user):
+        """user.get_session_auth_hash() (an HMAC of the password hash), kept per
+        password hash: a changed password is a new key."""
+        key = (user.pk, user.password)
+        found = self._auth_hashes.get(key)
+        if found is None:
+            found = user.get_session_auth_hash()
+            with self._lock:
+                if len(self._auth_hashes) >= _MAP_MAX:
+                    self._auth_hashes.clear()
+                self._auth_hashes[key] = found
+        return found
 
     # --- the answer ------------------------------------------------------------------
 
-    def response(self, environ, slot, version, body, secure):
-        headers = list(self.static_headers())
+    def response(self, environ, body, secure, *, packed_as=None, status="200 OK",
+                 content_type="application/json"):
+        """Django's answer with this JSON body: its headers, compressed as
+        CompressionMiddleware would (the compressed forms of a cached body version
+        are kept: `packed_as` = (slot, version))."""
+        headers = [("Content-Type", content_type), *self.static_headers()]
         if secure and settings.SECURE_HSTS_SECONDS:
             headers.append(("Strict-Transport-Security", self.hsts()))
         if len(body) >= settings.COMPRESSION_MIN_SIZE and settings.ENABLE_COMPRESSION:
             headers.append(("Vary", "Cookie, Accept-Encoding"))
             encoding = choose_encoding(environ.get("HTTP_ACCEPT_ENCODING"))
             if encoding is not None:
-                packed = self.compressed(slot, version, encoding, body)
+                if packed_as is None:
+                    packed = compress(body, encoding, settings.COMPRESSION_LEVEL)
+                else:
+                    packed = self.compressed(*packed_as, encoding, body)
                 if len(packed) < len(body):
                     body = packed
                     headers.append(("Content-Encoding", encoding))
@@ -213,7 +306,20 @@ class HotHistory:
             headers.append(("Vary", "Cookie"))
         headers.append(("Content-Length", str(len(body))))
         headers.append((REQUEST_ID_HEADER, accept_request_id(environ.get("HTTP_X_REQUEST_ID"))))
-        return "200 OK", headers, body
+        return status, headers, body
+
+    def unavailable(self, environ, exc, secure):
+        """The API's 503 for a database outage (chatsite.api.on_database_down)."""
+        import orjson
+
+        from chatsite.api import DATABASE_DOWN, DATABASE_RETRY_AFTER, error_body, log_database_down
+
+        log_database_down(environ.get("PATH_INFO", ""), exc)
+        status, headers, body = self.response(
+            environ, orjson.dumps(error_body(*DATABASE_DOWN)), secure,
+            status="503 Service Unavailable", content_type="application/json; charset=utf-8")
+        headers.append(("Retry-After", DATABASE_RETRY_AFTER))
+        return status, headers, body
 
     def hsts(self):
         """SecurityMiddleware's Strict-Transport-Security value."""
@@ -236,11 +342,11 @@ class HotHistory:
         return packed
 
     def static_headers(self):
-        """The headers Django's middleware puts on this JSON response (settings-derived)."""
+        """The headers Django's middleware puts on a JSON response (settings-derived)."""
         if self._static_headers is None:
             from chat.csp import POLICY
 
-            headers = [("Content-Type", "application/json")]
+            headers = []
             if settings.X_FRAME_OPTIONS:
                 headers.append(("X-Frame-Options", settings.X_FRAME_OPTIONS))
             headers.append(("Content-Security-Policy", POLICY))
@@ -254,19 +360,22 @@ class HotHistory:
             self._static_headers = headers
         return self._static_headers
 
-    def children(self):
-        """The labelled metrics a served request counts in (looked up once)."""
-        if self._children is None:
+    def children(self, route, status):
+        """The labelled metrics an answered request counts in (looked up once)."""
+        children = self._children.get((route, status))
+        if children is None:
             from django.urls import resolve
 
-            endpoint = metrics.readable_route(resolve("/api/projects/1/messages").route)
-            self._children = (
+            path = {"history": "/api/projects/1/messages", "project_list": LIST_PATH}[route]
+            endpoint = metrics.readable_route(resolve(path).route)
+            hit = CACHE_LOOKUPS.labels("history", "hit") if route == "history" else None
+            children = self._children[(route, status)] = (
                 HOT_PATH.labels("served"),
-                CACHE_LOOKUPS.labels("history", "hit"),
+                hit,  # the project list counts its own hits and misses
                 metrics.HTTP_REQUEST_DURATION.labels("GET", endpoint),
-                metrics.HTTP_REQUESTS_TOTAL.labels("GET", endpoint, "200"),
+                metrics.HTTP_REQUESTS_TOTAL.labels("GET", endpoint, status.split()[0]),
             )
-        return self._children
+        return children
 
 
 def fetch(pairs):
@@ -309,5 +418,5 @@ def session_cache_prefix():
 def wrap(app):
     """The WSGI app with the hot path in front; left out with HOT_PATH=false or a
     session engine that keeps no sessions in the cache."""
-    return HotHistory(app) if settings.HOT_PATH and session_cache_prefix() else app
+    return HotReads(app) if settings.HOT_PATH and session_cache_prefix() else app
 

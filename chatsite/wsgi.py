@@ -14,8 +14,8 @@ django_application = get_wsgi_application()
 
 from chatsite.hotpath import wrap  # noqa: E402
 
-# The first history page is answered from the cache before Django's stack when
-# everything it needs is cached (chatsite/hotpath.py); the rest is Django's.
+# The hot reads (first history page, project list) are answered before Django's stack
+# (chatsite/hotpath.py); the rest is Django's.
 application = wrap(django_application)
 
 # METRICS_PORT: the first server process of either kind binds it (multiprocess totals).

@@ -97,66 +97,100 @@ def get_public_projects_to_join(user, *, limit=50):
 
 # --- cached body of the project list ---------------------------------------------------
 
+# Per process: user id -> (user version, ids of the user's projects) as last
+# listed, so that the next read fetches those projects' versions in its first
+# round trip.
+_listed = {}
+_LISTED_MAX = 50000
 
-def get_user_projects_body(user, *, page, per_page):
-    """Return the encoded project-list JSON of a user.
+
+class ProjectListRead:
+    """One read of a user's cached project list: the keys to fetch, then the body.
 
     The entry holds the user's version (bumped on membership changes, reads
     and changes of the user's projects) and the versions of all the user's
     projects (bumped on every change in them) as they were read *before* the
     body was built, so any change that alters an unread or mention count
-    retires it. A hit costs two cache round trips (the user's version with the
-    entry, then the projects' versions); a miss adds one query and one write.
-    Under a busy project's writes most reads are misses, so there is no
-    rebuild lock: a user rarely has two list reads at once.
+    retires it. `keys` are fetched in one cache round trip (by
+    get_user_projects_body, or by the hot path together with the session): the
+    user's version, the entry and the versions of the projects this process
+    last listed for the user. A hit needs nothing more; a miss adds one query
+    and one write (and, after a membership change, a read of the membership
+    ids). The remembered ids are only a prefetch: the projects checked are
+    always the entry's own, or the membership's under the user's version. Under a
+    busy project's writes most reads are misses, so there is no rebuild lock:
+    a user rarely has two list reads at once.
     """
-    import orjson
 
-    from chatsite.cache import (
-        CACHE_LOOKUPS,
-        get_or_build,
-        get_versions,
-        make_key,
-        safe_get_many,
-        safe_set,
-        version_key,
-    )
+    def __init__(self, user_id, page, per_page):
+        from chatsite.cache import make_key, version_key
 
-    def build():
-        items, total = get_user_project_page(
-            user, offset=(page - 1) * per_page, limit=per_page
-        )
-        return orjson.dumps({
-            "items": items, "total": total, "page": page, "per_page": per_page,
-            "has_next": page * per_page < total, "has_prev": page > 1,
-        })
+        self.user_id, self.page, self.per_page = user_id, page, per_page
+        self.known_version, self.known_ids = _listed.get(user_id, (None, ()))
+        self.key = make_key("plist", user_id, page, per_page)
+        self.keys = [version_key("user", user_id), self.key,
+                     *(version_key("project", pid) for pid in self.known_ids)]
 
-    if not settings.CACHE_HOT_READS:
-        return build()
-    key = make_key("plist", user.pk, page, per_page)
-    ukey = version_key("user", user.pk)
-    found = safe_get_many([ukey, key])
-    user_version = found.get(ukey)
-    if user_version is None:
-        user_version = get_versions("user", [user.pk])[user.pk]
-    entry = found.get(key)
-    if entry is not None and entry[0] == user_version:
-        # Same user version: same memberships, so the same projects to check.
-        versions = get_versions("project", list(entry[1]))
-        if versions == entry[1]:
+    def body(self, user, values):
+        """The encoded list, from `values` (the cached values of `keys`, None
+        where missing) when they show it current, else built and stored."""
+        from chatsite.cache import CACHE_LOOKUPS, get_or_build, get_versions, make_key, safe_set
+
+        user_version, entry = values[0], values[1]
+        if user_version is None:
+            user_version = get_versions("user", [self.user_id])[self.user_id]
+        if entry is not None and entry[0] == user_version:
+            # The entry's projects are the user's under this version; the
+            # remembered ids only save the round trip that reads their versions.
+            ids = tuple(entry[1])
+            if ids == self.known_ids and None not in values[2:]:
+                versions = dict(zip(ids, values[2:]))
+            else:
+                versions = get_versions("project", list(ids))
+        else:
+            project_ids = get_or_build(
+                make_key("umem", self.user_id, user_version),
+                lambda: list(
+                    Membership.objects.filter(user_id=self.user_id, project__is_active=True)
+                    .order_by("project_id").values_list("project_id", flat=True)
+                ),
+                name="memberships",
+            )
+            versions = get_versions("project", project_ids) if project_ids else {}
+        self.remember(user_version, versions)
+        if entry is not None and entry[0] == user_version and entry[1] == versions:
             CACHE_LOOKUPS.labels("project_list", "hit").inc()
             return entry[2]
-    else:
-        project_ids = get_or_build(
-            make_key("umem", user.pk, user_version),
-            lambda: list(
-                Membership.objects.filter(user_id=user.pk, project__is_active=True)
-                .order_by("project_id").values_list("project_id", flat=True)
-            ),
-            name="memberships",
-        )
-        versions = get_versions("project", project_ids) if project_ids else {}
-    CACHE_LOOKUPS.labels("project_list", "miss").inc()
-    body = build()
-    safe_set(key, (user_version, versions, body))
-    return body
+        CACHE_LOOKUPS.labels("project_list", "miss").inc()
+        body = build_project_list_body(user, self.page, self.per_page)
+        safe_set(self.key, (user_version, versions, body))
+        return body
+
+    def remember(self, user_version, versions):
+        ids = tuple(versions)
+        if (user_version, ids) != (self.known_version, self.known_ids):
+            if len(_listed) >= _LISTED_MAX:
+                _listed.clear()
+            _listed[self.user_id] = (user_version, ids)
+
+
+def build_project_list_body(user, page, per_page):
+    """The project-list JSON of a user, read from the database."""
+    import orjson
+
+    items, total = get_user_project_page(user, offset=(page - 1) * per_page, limit=per_page)
+    return orjson.dumps({
+        "items": items, "total": total, "page": page, "per_page": per_page,
+        "has_next": page * per_page < total, "has_prev": page > 1,
+    })
+
+
+def get_user_projects_body(user, *, page, per_page):
+    """Return the encoded project-list JSON of a user (cached: ProjectListRead)."""
+    from chatsite.cache import safe_get_many
+
+    if not settings.CACHE_HOT_READS:
+        return build_project_list_body(user, page, per_page)
+    read = ProjectListRead(user.pk, page, per_page)
+    found = safe_get_many(read.keys)
+    return read.body(user, [found.get(key) for key in read.keys])

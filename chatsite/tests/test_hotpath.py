@@ -17,7 +17,7 @@ from django.db import close_old_connections
 from prometheus_client import REGISTRY
 
 from chat.actions import do_send_message
-from chatsite.hotpath import HotHistory
+from chatsite.hotpath import HotReads
 from conftest import login_client
 
 
@@ -70,7 +70,7 @@ def declined(reason):
 @pytest.fixture
 def apps():
     django_app = WSGIHandler()
-    return HotHistory(django_app), django_app
+    return HotReads(django_app), django_app
 
 
 @pytest.fixture
@@ -254,7 +254,7 @@ def test_left_out_when_sessions_are_not_in_the_cache(settings):
     from chatsite.hotpath import wrap
 
     app = WSGIHandler()
-    assert isinstance(wrap(app), HotHistory)
+    assert isinstance(wrap(app), HotReads)
     settings.SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
     assert wrap(app) is app
     settings.SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
@@ -271,7 +271,7 @@ def test_behind_a_tls_proxy_the_answer_matches_django_hsts_included(
     settings.SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     settings.SECURE_HSTS_PRELOAD = True
     plain = WSGIHandler()  # built after the settings: SecurityMiddleware reads them once
-    hot = HotHistory(plain)
+    hot = HotReads(plain)
     headers_in = {"X-Forwarded-Proto": forwarded}
     before = served()
     status, headers, body = call(hot, environ(messages_path(project), warm, headers=headers_in))
@@ -287,8 +287,103 @@ def test_behind_a_tls_proxy_the_answer_matches_django_hsts_included(
 
 def test_ssl_redirect_is_left_to_django(warm, project, settings):
     settings.SECURE_SSL_REDIRECT = True
-    hot = HotHistory(WSGIHandler())
+    hot = HotReads(WSGIHandler())
     before = served()
     status, headers, _ = call(hot, environ(messages_path(project), warm))
     assert status == 301 and headers["Location"].startswith("https://")
     assert served() == before
+
+
+# --- the project list ------------------------------------------------------------------
+
+
+LIST = "/api/projects"
+
+
+def list_answer(app, client, query="", headers=None):
+    status, headers, body = call(app, environ(LIST, client, query=query, headers=headers))
+    headers.pop("X-Request-ID", None)
+    return status, headers, body
+
+
+def unread(body):
+    return {p["id"]: p["unread_count"] for p in orjson.loads(body)["items"]}
+
+
+def test_project_list_is_served_with_djangos_answer(apps, warm, project, owner, send,
+                                                    django_assert_num_queries):
+    hot, plain = apps
+    before = served()
+    with django_assert_num_queries(2):  # cold: the membership ids and the list, no Django
+        first = list_answer(hot, warm)
+    with django_assert_num_queries(0):  # current entry: no query
+        second = list_answer(hot, warm)
+    assert served() == before + 2
+    assert first == second == list_answer(plain, warm)
+    assert first[0] == 200 and unread(first[2]) == {project.pk: 0}
+    send(owner, project, 2)  # retires the entry
+    with django_assert_num_queries(1):  # the list's one statement
+        status, _, body = list_answer(hot, warm)
+    assert (status, unread(body), served()) == (200, {project.pk: 2}, before + 3)
+
+
+def test_project_list_query_forms(apps, warm, project):
+    hot, plain = apps
+    for query in ("page=1&per_page=2", "per_page=500&page=1", "page=2"):
+        before = served()
+        answer = list_answer(hot, warm, query)
+        assert served() == before + 1, query
+        assert answer == list_answer(plain, warm, query), query
+    assert orjson.loads(list_answer(hot, warm, "per_page=500")[2])["per_page"] == 100
+    for query in ("page=0", "page=x", "page=1&page=2", "per_page=10.0", "sort=name",
+                  "page=1&", "page=1234567890"):
+        before = served()
+        answer = list_answer(hot, warm, query)
+        assert served() == before, query  # Django answered
+        assert answer == list_answer(plain, warm, query), query
+    assert list_answer(hot, warm, "page=0")[0] == 400
+
+
+def test_project_list_refuses_like_django(apps, warm, member):
+    hot, _ = apps
+    before = served()
+    status, _, body = list_answer(hot, None)
+    assert status == 401 and orjson.loads(body)["error"]["code"] == "not_authenticated"
+    warm.post("/api/auth/logout")
+    assert list_answer(hot, warm)[0] == 401
+    assert served() == before
+
+
+def test_project_list_compression_matches_django(apps, owner, member):
+    from projects.actions import do_create_project, do_join_project
+
+    for i in range(12):
+        project = do_create_project(owner, name=f"room {i}", description="a long description " * 4)
+        do_join_project(member, project.pk)
+    client = login_client(member)
+    hot, plain = apps
+    for accept in ("br", "gzip", ""):
+        status, headers, body = list_answer(hot, client, headers={"Accept-Encoding": accept})
+        assert (status, headers, body) == list_answer(plain, client,
+                                                      headers={"Accept-Encoding": accept})
+        assert headers.get("Content-Encoding") == (accept or None)
+        assert headers["Vary"] == "Cookie, Accept-Encoding"
+
+
+def test_project_list_database_outage_gets_djangos_503(apps, warm, monkeypatch):
+    from django.db import OperationalError
+
+    from projects import selectors
+
+    def down(*args, **kwargs):
+        raise OperationalError("the database is down")
+
+    monkeypatch.setattr(selectors, "build_project_list_body", down)
+    hot, plain = apps
+    before = served()
+    answer = list_answer(hot, warm)
+    assert served() == before + 1
+    assert answer == list_answer(plain, warm)
+    status, headers, body = answer
+    assert (status, headers["Retry-After"]) == (503, "5")
+    assert orjson.loads(body)["error"]["code"] == "unavailable"

@@ -77,3 +77,38 @@ def test_cached_body_follows_messages_reads_and_memberships(
     assert unread() == {"alpha": 1, "beta": 0, "delta": 1, "gamma": 2}
     send(owner, extra, 1)  # the new project's version is followed too
     assert unread()["delta"] == 2
+
+
+def test_list_read_costs_one_cache_round_trip_and_a_write_when_retired(
+    projects, owner, member, send, monkeypatch, django_assert_num_queries
+):
+    from django.core.cache import cache
+
+    calls, depth = [], [0]
+
+    def counted(op, real):
+        def call(*args, **kwargs):
+            if not depth[0]:  # the local-memory cache's get_many calls get per key
+                calls.append(op)
+            depth[0] += 1
+            try:
+                return real(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+        return call
+
+    for op in ("get", "get_many", "set", "add", "incr"):
+        monkeypatch.setattr(cache, op, counted(op, getattr(cache, op)))
+
+    def read():
+        calls.clear()
+        return orjson.loads(get_user_projects_body(member, page=1, per_page=50))
+
+    read()  # cold: learns the member's projects
+    with django_assert_num_queries(0):
+        assert read()["total"] == 3
+    assert calls == ["get_many"]  # the user's version, the entry, the projects' versions
+    send(owner, projects["gamma"], 1)
+    with django_assert_num_queries(1):
+        assert {p["name"]: p["unread_count"] for p in read()["items"]}["gamma"] == 1
+    assert calls == ["get_many", "set"]
