@@ -119,6 +119,11 @@ DB_POOL_ENABLED = env("DB_POOL_ENABLED", True, bool)
 # the pool's three connection workers long after it healed: no connection, only
 # 503s (tests/test_reliability_faults.py, PostgreSQL blackhole).
 DB_CONNECT_TIMEOUT = env("DB_CONNECT_TIMEOUT", 5, int)
+# Prepared statements: server-side parameter binding, and psycopg prepares a
+# statement a connection has run five times, so PostgreSQL stops planning it on
+# every call (the project list's statement spent longer in the planner than
+# running: docs/PERFORMANCE.md). Off behind a pooler in transaction mode.
+DB_PREPARED_STATEMENTS = env("DB_PREPARED_STATEMENTS", True, bool)
 
 # conn_health_checks also makes the pool check a connection before lending it
 # (the guide's pool_pre_ping).
@@ -138,6 +143,9 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
     }
     for _name, _value in _connection_options.items():  # DATABASE_URL's ?options win
         _db["OPTIONS"].setdefault(_name, _value)
+    if DB_PREPARED_STATEMENTS:
+        _db["OPTIONS"].setdefault("server_side_binding", True)
+        _db["OPTIONS"].setdefault("prepare_threshold", 5)
     if DB_POOL_ENABLED:
         _db["OPTIONS"]["pool"] = {
             "min_size": min(2, DB_POOL_SIZE),
