@@ -64,6 +64,7 @@ def main():
                             threads=args.http_threads,
                             extra_env={"WS_PUBLIC_URL": sockets.ws_url}).start()
         before = server.cpu_seconds() + sockets.cpu_seconds()
+        machine_before = machine_cpu()
         generator_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
         cmd = [sys.executable, "manage.py", "loadtest", "--url", server.url,
@@ -84,6 +85,7 @@ def main():
         proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True,
                               timeout=args.duration + 600)
         elapsed = time.monotonic() - started
+        busy, total = (after - start for after, start in zip(machine_cpu(), machine_before))
         print(proc.stdout)
         print(proc.stderr[-3000:], file=sys.stderr)
         cpu = server.cpu_seconds() + sockets.cpu_seconds() - before
@@ -94,6 +96,8 @@ def main():
               f"core ({args.workers} workers); load average now {os.getloadavg()}")
         print(f"load generator CPU (manage.py loadtest and locust): {generator:.1f} s = "
               f"{generator / elapsed * 100:.0f}% of one core")
+        print(f"machine CPU (all processes, /proc/stat): {busy / total * 100:.0f}% busy of "
+              f"{os.cpu_count()} cores over the whole run, ramp-up and drain included")
         errors = [line for srv in (server, sockets) for line in srv.output().splitlines()
                   if "Traceback" in line]
         print(f"server tracebacks: {len(errors)}")
@@ -104,6 +108,14 @@ def main():
             if srv is not None:
                 srv.stop()
         close()
+
+
+def machine_cpu():
+    """(busy, total) jiffies of all cores since boot, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def save_metrics(path, *servers):
