@@ -40,3 +40,7 @@ application = ProtocolTypeRouter({"http": http_app, "websocket": websocket_app})
 from chatsite.metrics import start_metrics_server  # noqa: E402
 
 start_metrics_server()
+
+from chatsite.runtime import tune_gc  # noqa: E402
+
+tune_gc()

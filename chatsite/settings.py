@@ -167,9 +167,15 @@ USER_LOCAL_CACHE_SECONDS = env("USER_LOCAL_CACHE_SECONDS", 2.0, float)
 CACHE_TTL = env("CACHE_TTL", 300, int)
 # Off only to measure the uncached path (bench/http_bench.py).
 CACHE_HOT_READS = env("CACHE_HOT_READS", True, bool)
-# The first history page answered from the cache before Django's request stack
+# The hot reads (first history page, project list) answered before Django's request stack
 # (chatsite/hotpath.py); off: every request goes through Django.
 HOT_PATH = env("HOT_PATH", True, bool)
+# Server processes: the garbage collector's thresholds (gen0,gen1,gen2), set
+# after start-up with what is loaded by then frozen (chatsite/runtime.py);
+# "off": Python's defaults, nothing frozen.
+_gc_threshold = env("GC_THRESHOLD", "10000,10,100")
+GC_THRESHOLD = ([] if _gc_threshold.strip().lower() == "off"
+                else [int(x) for x in _gc_threshold.split(",")])
 # Deployments sharing one Redis database keep their keys apart with a prefix.
 CACHE_KEY_PREFIX = env("CACHE_KEY_PREFIX", "")
 if REDIS_URL:

@@ -22,3 +22,7 @@ application = wrap(django_application)
 from chatsite.metrics import start_metrics_server  # noqa: E402
 
 start_metrics_server()
+
+from chatsite.runtime import tune_gc  # noqa: E402
+
+tune_gc()
