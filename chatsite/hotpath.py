@@ -14,8 +14,8 @@ read needs.
   answered as it is, else the list is read from the database (one query, the
   Django path's own) and stored, here: under writes the list is retired by
   every message in any of the user's projects, so declining would send most
-  list reads through Django's stack. A database outage gets the 503 Django's
-  DatabaseUnavailableMiddleware gives.
+  list reads through Django's stack. A database outage gets the API's 503
+  (chatsite.api.on_database_down), Retry-After included.
 
 Anything else — no session cookie, a session or user not in the cache, a session
 hash that does not match, a non-member, a bad Host, another query — is
