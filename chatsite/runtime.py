@@ -3,10 +3,11 @@
 A Django request allocates thousands of objects, so with Python's default
 threshold (700) the collector runs several times per request, and every full
 collection walks everything the process loaded at start (Django, the URL
-configuration, the models). Measured in one process serving the API mix, the
-collector took 6.6–8.2 % of the time; freezing what the process holds after
-start-up (gc.freeze: the collector no longer walks it) and collecting the
-young generation every GC_THRESHOLD allocations instead brought it to 2.5–4 %.
+configuration, the models). Measured in one process serving the API mix
+(bench/gc_probe.py), the collector took ~6 % of the time; freezing what the
+process holds after start-up (gc.freeze: the collector no longer walks it) and
+collecting the young generation every GC_THRESHOLD allocations instead brought
+it to ~2.5 %.
 Reference cycles are still collected, only less often.
 """
 
