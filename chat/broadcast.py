@@ -455,11 +455,16 @@ class ProjectHub:
             self.flush()
         elif self.flush_handle is None:
             quiet = now - self.last_flush
-            if quiet >= wait or since_previous >= linger:
+            # Socket writes per second this pace would cost sent one by one.
+            writes = len(self.consumers) / max(since_previous, 1e-6)
+            if (quiet >= wait or since_previous >= linger
+                    or writes < settings.BROADCAST_LINGER_MIN_WRITES):
                 # The first change after a quiet period goes at once, and so
                 # does one that came no sooner than a linger after the one
                 # before: at a few changes a second company is unlikely
-                # within the linger, and waiting would only add latency.
+                # within the linger, and waiting would only add latency. So
+                # does one for few sockets: sending it alone costs little, and
+                # the wait would be the whole of its delay.
                 self.flush()
             else:
                 # Changes are coming close together: wait for company, never

@@ -231,6 +231,11 @@ BROADCAST_MAX_WAIT_MS = env("BROADCAST_MAX_WAIT_MS", 100, int)
 # How long a batch waits for company at most (<= BROADCAST_MAX_WAIT_MS); see
 # docs/REALTIME.md for the measured trade-off between frames and latency.
 BROADCAST_LINGER_MS = env("BROADCAST_LINGER_MS", 25, int)
+# ... and waits only when sending it alone would cost this many socket writes
+# per second in the process (its sockets in the project / the time since the
+# change before): 500 sockets linger for changes under 100 ms apart, 10 only
+# for changes under 2 ms apart (docs/REALTIME.md).
+BROADCAST_LINGER_MIN_WRITES = env("BROADCAST_LINGER_MIN_WRITES", 5000, int)
 REPLAY_LIMIT = env("REPLAY_LIMIT", 500, int)
 # Where browsers open sockets when a separate server carries them (`make serve`:
 # HTTP on granian, sockets on uvicorn one port up), e.g. ws://chat.example:8001.

@@ -190,7 +190,8 @@ async def test_single_message_after_quiet_period_is_not_held(member, owner, proj
 
 async def test_hundred_messages_in_one_window_come_in_few_frames(member, owner, project):
     # A window long enough that all 100 sends fall inside it on a slow machine.
-    with override_settings(BROADCAST_MAX_WAIT_MS=3000, BROADCAST_LINGER_MS=3000):
+    with override_settings(BROADCAST_MAX_WAIT_MS=3000, BROADCAST_LINGER_MS=3000,
+                           BROADCAST_LINGER_MIN_WRITES=0):
         comm = await open_socket(member, project.pk)
         await send_as(owner, project, 100)
         frames, messages = await collect_messages(comm, 100, timeout=5)
@@ -203,7 +204,8 @@ async def test_hundred_messages_in_one_window_come_in_few_frames(member, owner, 
 async def test_changes_in_a_window_wait_at_most_the_linger(member, owner, project):
     # A window of a minute but a linger of 50 ms: the second change (inside the
     # window) still goes out within the linger, not after the window.
-    with override_settings(BROADCAST_MAX_WAIT_MS=60000, BROADCAST_LINGER_MS=50):
+    with override_settings(BROADCAST_MAX_WAIT_MS=60000, BROADCAST_LINGER_MS=50,
+                           BROADCAST_LINGER_MIN_WRITES=0):
         comm = await open_socket(member, project.pk)
         await send_as(owner, project, 2)
         _, messages = await collect_messages(comm, 2, timeout=1)
@@ -223,6 +225,29 @@ async def test_a_change_a_linger_after_the_previous_one_is_not_held(member, owne
         frame = await receive_type(comm, "message_batch", timeout=1)
         assert [m["content"] for m in frame["messages"]] == ["later0"]
         await comm.disconnect()
+
+
+async def test_a_close_change_for_few_sockets_is_not_held(member, owner, project):
+    # Two changes 50 ms apart, one socket: sending the second alone costs 20
+    # writes a second at that pace, so it does not wait the (here 2 s) linger
+    # for company; with the threshold at 0 the same second change waits for it.
+    async def second_change_delay(min_writes):
+        with override_settings(BROADCAST_MAX_WAIT_MS=60000, BROADCAST_LINGER_MS=2000,
+                               BROADCAST_LINGER_MIN_WRITES=min_writes):
+            comm = await open_socket(member, project.pk)
+            await send_as(owner, project, 1, prefix=f"w{min_writes}-first")
+            await asyncio.sleep(0.05)
+            await send_as(owner, project, 1, prefix=f"w{min_writes}-second")
+            started = asyncio.get_running_loop().time()
+            _, messages = await collect_messages(comm, 2, timeout=5)
+            waited = asyncio.get_running_loop().time() - started
+            await comm.disconnect()
+        assert [m["content"] for m in messages] == [f"w{min_writes}-first0",
+                                                    f"w{min_writes}-second0"]
+        return waited
+
+    assert await second_change_delay(5000) < 1.0
+    assert await second_change_delay(0) >= 1.0
 
 
 async def test_batch_is_encoded_once_for_all_recipients(member, owner, project, monkeypatch):
@@ -422,7 +447,7 @@ async def test_sending_too_fast_is_rate_limited(member, project):
             await comm.send_to(text_data=orjson.dumps(
                 {"type": "message.send", "content": f"m{i}"}).decode())
         errors = []
-        for _ in range(6):
+        for _ in range(12):  # acks, the two messages' frames, presence
             frame = await receive(comm)
             if frame["type"] == "error":
                 errors.append(frame)
