@@ -13,6 +13,7 @@ from prometheus_client import Counter
 from chat.models import Mention, Message
 from chat.serializers import serialize_messages
 from chatsite.cache import get_slot, make_key
+from chatsite.pagination import page_numbered
 from chatsite.rawsql import as_datetime, as_uuid_text
 from projects.models import Project
 
@@ -278,14 +279,7 @@ def get_message_page_body(user, project_id, *, page, per_page):
 
     def build():
         rows, total = get_message_page(project_id, page=page, per_page=per_page)
-        return orjson.dumps({
-            "items": serialize_messages(rows),
-            "total": total,
-            "page": page,
-            "per_page": per_page,
-            "has_next": page * per_page < total,
-            "has_prev": page > 1,
-        })
+        return orjson.dumps(page_numbered(serialize_messages(rows), total, page, per_page))
 
     akey = access_key(user.pk, project_id)
     return get_slot(

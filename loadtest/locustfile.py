@@ -160,8 +160,8 @@ class SteadyCookieJar(CookieJar):
     """A load user's cookie jar that builds its Cookie header once.
 
     The standard library's jar matches every cookie against every request
-    (domain, path, expiry): about a quarter of this generator's time per HTTP
-    request went there. A load user talks to one host and its cookies (session,
+    (domain, path, expiry): 8 % of this generator's samples at 1,000 requests/s
+    went there. A load user talks to one host and its cookies (session,
     CSRF) are site-wide, so the header is built from the jar and kept until a
     response sets a cookie; the jar itself still takes every Set-Cookie.
     """
@@ -170,11 +170,16 @@ class SteadyCookieJar(CookieJar):
         super().__init__()
         self._header = None
 
-    def add_cookie_header(self, request):
+    def header(self):
+        """The Cookie header of the jar's cookies (also the socket's)."""
         if self._header is None:
             self._header = "; ".join(f"{c.name}={c.value}" for c in self)
-        if self._header and not request.has_header("Cookie"):
-            request.add_unredirected_header("Cookie", self._header)
+        return self._header
+
+    def add_cookie_header(self, request):
+        header = self.header()
+        if header and not request.has_header("Cookie"):
+            request.add_unredirected_header("Cookie", header)
 
     def extract_cookies(self, response, request):
         if response.headers.get("Set-Cookie") is not None:
@@ -502,7 +507,7 @@ class ChatUser(FastHttpUser):
         return None
 
     def cookie_header(self):
-        return "; ".join(f"{c.name}={c.value}" for c in self.client.cookiejar)
+        return self.client.cookiejar.header()
 
     def discover_project(self):
         if PROJECT_IDS:

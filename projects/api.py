@@ -34,17 +34,6 @@ def page_params(request):
     return page, min(per_page, MAX_PER_PAGE)
 
 
-def paginated(items, total, page, per_page):
-    return {
-        "items": items,
-        "total": total,
-        "page": page,
-        "per_page": per_page,
-        "has_next": page * per_page < total,
-        "has_prev": page > 1,
-    }
-
-
 @router.get("", openapi_extra=documented({200: "ProjectPage"}, (400, *SIGNED_IN), page_query()))
 def list_projects(request):
     """The caller's active projects with unread counts, page-numbered."""

@@ -7,6 +7,7 @@ from django.db import connection
 from django.db.models import Q
 
 from chat.models import Mention, Message
+from chatsite.pagination import page_numbered
 from chatsite.rawsql import as_datetime
 from projects.models import Membership, Project
 
@@ -97,9 +98,8 @@ def get_public_projects_to_join(user, *, limit=50):
 
 # --- cached body of the project list ---------------------------------------------------
 
-# Per process: user id -> (user version, ids of the user's projects) as last
-# listed, so that the next read fetches those projects' versions in its first
-# round trip.
+# Per process: user id -> ids of the user's projects as last listed, so that
+# the next read fetches those projects' versions in its first round trip.
 _listed = {}
 _LISTED_MAX = 50000
 
@@ -126,7 +126,7 @@ class ProjectListRead:
         from chatsite.cache import make_key, version_key
 
         self.user_id, self.page, self.per_page = user_id, page, per_page
-        self.known_version, self.known_ids = _listed.get(user_id, (None, ()))
+        self.known_ids = _listed.get(user_id, ())
         self.key = make_key("plist", user_id, page, per_page)
         self.keys = [version_key("user", user_id), self.key,
                      *(version_key("project", pid) for pid in self.known_ids)]
@@ -157,7 +157,7 @@ class ProjectListRead:
                 name="memberships",
             )
             versions = get_versions("project", project_ids) if project_ids else {}
-        self.remember(user_version, versions)
+        self.remember(tuple(versions))
         if entry is not None and entry[0] == user_version and entry[1] == versions:
             CACHE_LOOKUPS.labels("project_list", "hit").inc()
             return entry[2]
@@ -166,12 +166,11 @@ class ProjectListRead:
         safe_set(self.key, (user_version, versions, body))
         return body
 
-    def remember(self, user_version, versions):
-        ids = tuple(versions)
-        if (user_version, ids) != (self.known_version, self.known_ids):
+    def remember(self, ids):
+        if ids != self.known_ids:
             if len(_listed) >= _LISTED_MAX:
                 _listed.clear()
-            _listed[self.user_id] = (user_version, ids)
+            _listed[self.user_id] = ids
 
 
 def build_project_list_body(user, page, per_page):
@@ -179,10 +178,7 @@ def build_project_list_body(user, page, per_page):
     import orjson
 
     items, total = get_user_project_page(user, offset=(page - 1) * per_page, limit=per_page)
-    return orjson.dumps({
-        "items": items, "total": total, "page": page, "per_page": per_page,
-        "has_next": page * per_page < total, "has_prev": page > 1,
-    })
+    return orjson.dumps(page_numbered(items, total, page, per_page))
 
 
 def get_user_projects_body(user, *, page, per_page):
