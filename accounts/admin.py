@@ -1,10 +1,31 @@
-"""Admin for users, built on Django's UserAdmin (User is an AbstractUser subclass)."""
+"""Admin for users, built on Django's UserAdmin (User is an AbstractUser subclass),
+and the admin's sign-in under the sign-in throttle."""
 
 from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import forms as auth_forms
 
 from accounts.models import User
+from accounts.views import ThrottledLoginFormMixin, refuse_when_throttle_unavailable
+
+
+class ThrottledAdminAuthenticationForm(ThrottledLoginFormMixin, AdminAuthenticationForm):
+    """The admin's sign-in form under the throttle of the API and the /login page."""
+
+
+admin.site.login_form = ThrottledAdminAuthenticationForm
+
+
+def admin_login(request, extra_context=None):
+    """Serve admin.site.login; 503 with Retry-After when the throttle is unavailable.
+
+    AdminSite.login builds its LoginView inside, so the status is set here, from
+    the form its (not yet rendered) TemplateResponse carries.
+    """
+    response = admin.site.login(request, extra_context)
+    form = (getattr(response, "context_data", None) or {}).get("form")
+    return refuse_when_throttle_unavailable(response, form)
 
 
 class UserCreationForm(auth_forms.AdminUserCreationForm):

@@ -4,11 +4,13 @@ import time
 from django.conf import settings
 from django.contrib.auth.backends import ModelBackend
 
-from chatsite.cache import safe_delete_many, safe_get, safe_set
+from chatsite.cache import safe_delete_many, safe_get
+from chatsite.retired import RETIRED, refill, retire
 
-# A few seconds of users in process memory saves one Redis round trip on every
-# signed-in request (measured in docs/PERFORMANCE.md). Saving a user clears it
-# here at once and, in other processes, within USER_LOCAL_CACHE_SECONDS.
+# Users in process memory save one Redis round trip on every signed-in request
+# of the Django path, but saving a user clears them only in its own process:
+# others keep theirs for USER_LOCAL_CACHE_SECONDS (default 0, off: access ends
+# at once everywhere; docs/RELIABILITY.md, "Threat model").
 _local = {}
 _local_lock = threading.Lock()
 _LOCAL_MAX = 10000
@@ -51,12 +53,15 @@ class CachedModelBackend(ModelBackend):
             return None
         user = _local_get(user_id)
         if user is None:
-            user = safe_get(user_cache_key(user_id))
-            if user is None:
+            cached = safe_get(user_cache_key(user_id))
+            if cached is None or cached == RETIRED:
                 user = super().get_user(user_id)
                 if user is None:
                     return None
-                safe_set(user_cache_key(user_id), user)
+                if cached is None:  # a retired entry is not refilled (chatsite.retired)
+                    refill(user_cache_key(user_id), user)
+            else:
+                user = cached
             _local_set(user_id, user)
         return user if self.user_can_authenticate(user) else None
 
@@ -66,6 +71,10 @@ local_user = _local_get
 remember_user = _local_set
 
 
-def forget_user(user_id):
+def forget_user(user_id, *, revoked=True):
+    """Drop a user's cached entries; `revoked`: keep stale readers from refilling."""
     _local.pop(user_id, None)
-    safe_delete_many([user_cache_key(user_id)])
+    if revoked:
+        retire([user_cache_key(user_id)])
+    else:
+        safe_delete_many([user_cache_key(user_id)])

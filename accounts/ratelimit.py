@@ -1,5 +1,10 @@
 """Login throttling: LOGIN_FAILURE_LIMIT failed sign-ins a minute per IP and per username.
 
+One throttle for every way to sign in: POST /api/auth/login, the /login page and
+/admin/login/ all check and record through this module, so failures on one count
+toward the others (the forms share accounts.views.ThrottledLoginFormMixin). The
+IP is the client's own behind TRUSTED_PROXY_COUNT proxies (``client_ip``).
+
 The throttle fails closed: the limit holds whatever is down.
 
 * Counters live in the cache (Redis): one key per IP and per username and minute.
@@ -14,9 +19,17 @@ The throttle fails closed: the limit holds whatever is down.
 * If neither the cache nor the database can be consulted (or a failure cannot be
   recorded anywhere), the attempt is refused with 503 and Retry-After
   (``ThrottleUnavailable``), never let through unchecked.
+
+Why this module and not django-axes: axes's database handler adds a database
+write to every attempt (this writes to Redis, and to the database only while
+Redis is down); its cache handler has no fallback that keeps counting, and
+refusing, while Redis is down; and it would be a second counter beside this one,
+which the API needs anyway, so failures on one form would not count toward the
+others' limit.
 """
 
 import hashlib
+import ipaddress
 import logging
 import time
 
@@ -150,4 +163,25 @@ def _increment_in_database(name, window):
 
 
 def client_ip(request):
-    return request.META.get("REMOTE_ADDR") or "unknown"
+    """Return the client address sign-in failures are counted against.
+
+    With TRUSTED_PROXY_COUNT = 0, REMOTE_ADDR: X-Forwarded-For is whatever the
+    client says. With N > 0, the N-th X-Forwarded-For entry from the right, the
+    address the outermost trusted proxy saw: each proxy appends its peer, so
+    entries left of it are the client's own and never chosen. A header with
+    fewer than N entries, or an entry there that is no IP address, falls back to
+    REMOTE_ADDR (the nearest proxy): such requests share one counter, which is
+    stricter, never a way to pick a fresh one.
+    """
+    remote_addr = request.META.get("REMOTE_ADDR") or "unknown"
+    proxies = settings.TRUSTED_PROXY_COUNT
+    if proxies <= 0:
+        return remote_addr
+    entries = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")
+    if len(entries) < proxies:
+        return remote_addr
+    try:
+        # Normalised, so one address spelled two ways is one counter.
+        return str(ipaddress.ip_address(entries[-proxies].strip()))
+    except ValueError:
+        return remote_addr

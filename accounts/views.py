@@ -14,15 +14,13 @@ from accounts.ratelimit import (
     record_login_failure,
 )
 
+THROTTLED_MESSAGE = "Too many failed sign-ins; wait a minute and try again."
 
-class ThrottledAuthenticationForm(AuthenticationForm):
-    """Django's sign-in form under the same per-IP and per-username throttle as
-    POST /api/auth/login, so the page is not a way around it."""
 
-    error_messages: ClassVar[dict] = {
-        **AuthenticationForm.error_messages,
-        "throttled": "Too many failed sign-ins; wait a minute and try again.",
-    }
+class ThrottledLoginFormMixin:
+    """The sign-in throttle for an AuthenticationForm: the counters of POST
+    /api/auth/login (accounts.ratelimit), so no sign-in form is a way around
+    the others."""
 
     unavailable = None  # the ThrottleUnavailable that refused this attempt
 
@@ -31,18 +29,34 @@ class ThrottledAuthenticationForm(AuthenticationForm):
         ip = client_ip(self.request) if self.request is not None else "unknown"
         try:
             if is_login_blocked(ip, username):
-                raise ValidationError(self.error_messages["throttled"], code="throttled")
+                raise ValidationError(THROTTLED_MESSAGE, code="throttled")
             try:
                 return super().clean()
-            except ValidationError as error:
-                # Only wrong credentials count; an inactive account is no guess.
-                if any(e.code == "invalid_login" for e in error.error_list):
+            except ValidationError:
+                # Only credentials that matched no account count: a right password
+                # refused for another reason (inactive; not staff, on the admin)
+                # is no guess.
+                if self.user_cache is None:
                     record_login_failure(ip, username)
                 raise
         except ThrottleUnavailable as exc:
             # Fails closed: nothing can count failures, so nobody signs in.
             self.unavailable = exc
             raise ValidationError(exc.message, code="unavailable") from None
+
+
+class ThrottledAuthenticationForm(ThrottledLoginFormMixin, AuthenticationForm):
+    """Django's sign-in form under the sign-in throttle."""
+
+
+def refuse_when_throttle_unavailable(response, form):
+    """Turn a sign-in form's response into 503 with Retry-After when the throttle
+    could not be consulted, as the API answers."""
+    if form is not None and form.unavailable is not None:
+        response.status_code = 503
+        for name, value in form.unavailable.headers.items():
+            response[name] = value
+    return response
 
 
 class LoginPageView(auth_views.LoginView):
@@ -54,13 +68,7 @@ class LoginPageView(auth_views.LoginView):
     redirect_authenticated_user = True
 
     def form_invalid(self, form):
-        response = super().form_invalid(form)
-        if form.unavailable is not None:
-            # The throttle could not be consulted: 503 and Retry-After, as the API.
-            response.status_code = 503
-            for name, value in form.unavailable.headers.items():
-                response[name] = value
-        return response
+        return refuse_when_throttle_unavailable(super().form_invalid(form), form)
 
 
 class LogoutPageView(auth_views.LogoutView):

@@ -19,10 +19,18 @@ Design (chosen by measurement, see docs/PERFORMANCE.md and docs/REALTIME.md):
   others never wait for it.
 * A periodic check of the project's number catches any change whose publish was
   lost (Redis outage): the database is the source of truth, the bus is a hint.
+* Access that ends (leave, removal, a deactivated project or user, a changed
+  password, a sign-out) is published on one process-wide channel
+  (``<prefix>:access``) after its commit. Every process holds the affected
+  sockets' frames, checks them again against the database and the session
+  store, and closes those that lost access (4403 project or membership, 4401
+  user or session); the rest get their held frames. docs/REALTIME.md,
+  "Revocation".
 """
 
 import asyncio
 import contextvars
+import hashlib
 import logging
 import os
 import socket
@@ -47,6 +55,12 @@ GAP_WAIT_SECONDS = 0.2
 POLL_SECONDS = 3.0
 PRESENCE_HEARTBEAT_SECONDS = 15.0
 PRESENCE_STALE_SECONDS = 45.0
+SOCKET_REFRESH_SECONDS = 60.0
+
+
+def _db_task(fn):
+    # chat.broadcast.db_task, usable above its definition.
+    return database_sync_to_async(fn)
 
 
 def project_group(project_id):
@@ -58,6 +72,11 @@ def bus_channel(project_id):
     """Redis channel of a project. Channels are global to a Redis server (not per
     database number), so the name carries the deployment's prefix."""
     return f"{settings.BUS_PREFIX}:{project_group(project_id)}"
+
+
+def access_channel():
+    """Redis channel of access revocations, heard by every process with sockets."""
+    return f"{settings.BUS_PREFIX}:access"
 
 
 # Messages per frame when a hub catches up from the database (a lost publish,
@@ -98,6 +117,37 @@ def _user(user):
     return {"id": user.pk, "username": user.username}
 
 
+def notify_access_ended(*, project_id=None, user_ids=None, user_id=None, session_key=None):
+    """After commit, tell every process that access may have ended.
+
+    ``project_id`` (with ``user_ids``, or None for all of the project's
+    sockets): memberships or the project changed. ``user_id``: the user changed
+    (deactivated, new password, deleted). These sockets are checked again
+    against the database, so a spurious or repeated event closes nothing that
+    still has access. ``user_id`` with ``session_key``: that session signed
+    out; its sockets close without a check (the session is being flushed).
+    """
+    event = {"kind": "revoke", "project_id": project_id, "user_id": user_id,
+             "user_ids": sorted(set(user_ids)) if user_ids is not None else None,
+             "session": session_fingerprint(session_key) if session_key else None}
+    data = orjson.dumps(event)
+    transaction.on_commit(lambda: publish_access(data))
+
+
+def session_fingerprint(session_key):
+    """What the bus carries of a session key: a hash, never the key."""
+    return hashlib.blake2b(session_key.encode(), digest_size=16).hexdigest()
+
+
+def publish_access(data):
+    """Hand an encoded revocation to every process. Never raises."""
+    try:
+        get_bus().publish_access(data)
+    except Exception:
+        metrics.BUS_PUBLISH_ERRORS.inc()
+        logger.warning("event=publish_access_failed", exc_info=True)
+
+
 def publish(project_id, data):
     """Hand encoded bytes to every process's hub of the project. Never raises."""
     try:
@@ -120,11 +170,39 @@ class LocalBus:
                     hub.feed_raw, data, context=contextvars.Context()
                 )
 
+    def publish_access(self, data):
+        for loop, registry in list(_registries.items()):
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(
+                    registry.on_access_event, data, context=contextvars.Context()
+                )
+
     async def subscribe(self, hub):
+        return None
+
+    async def listen_access(self):
         return None
 
     async def unsubscribe(self, hub):
         return None
+
+    async def claim_socket(self, user_id, socket_id):
+        sockets = _local_sockets.setdefault(user_id, set())
+        sockets.add(socket_id)
+        return len(sockets)
+
+    async def release_socket(self, user_id, socket_id):
+        sockets = _local_sockets.get(user_id)
+        if sockets is not None:
+            sockets.discard(socket_id)
+            if not sockets:
+                del _local_sockets[user_id]
+
+    async def refresh_sockets(self, pairs):
+        return None
+
+
+_local_sockets = {}  # the embedded default's open sockets: user id -> socket ids
 
 
 class RedisBus:
@@ -142,6 +220,45 @@ class RedisBus:
     def publish(self, project_id, data):
         self._sync.publish(bus_channel(project_id), data)
 
+    def publish_access(self, data):
+        self._sync.publish(access_channel(), data)
+
+    # Open sockets per user, across processes: a sorted set per user of socket
+    # ids scored by when they expire, refreshed while open (a process that dies
+    # leaves ids that expire by themselves). One round trip per connect.
+    SOCKET_TTL_SECONDS = 180
+
+    def _sockets_key(self, user_id):
+        return f"{settings.BUS_PREFIX}:sockets:{user_id}"
+
+    async def claim_socket(self, user_id, socket_id):
+        client = self._subscriber(asyncio.get_running_loop()).client
+        key, now = self._sockets_key(user_id), time.time()
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(key, "-inf", now)
+            pipe.zadd(key, {socket_id: now + self.SOCKET_TTL_SECONDS})
+            pipe.zcard(key)
+            pipe.expire(key, self.SOCKET_TTL_SECONDS)
+            _, _, count, _ = await pipe.execute()
+        return count
+
+    async def release_socket(self, user_id, socket_id):
+        client = self._subscriber(asyncio.get_running_loop()).client
+        await client.zrem(self._sockets_key(user_id), socket_id)
+
+    async def refresh_sockets(self, pairs):
+        """Keep the ids of sockets still open from expiring: [(user id, socket id)]."""
+        if not pairs:
+            return
+        client = self._subscriber(asyncio.get_running_loop()).client
+        expires = time.time() + self.SOCKET_TTL_SECONDS
+        async with client.pipeline(transaction=False) as pipe:
+            for user_id, socket_id in pairs:
+                key = self._sockets_key(user_id)
+                pipe.zadd(key, {socket_id: expires})
+                pipe.expire(key, self.SOCKET_TTL_SECONDS)
+            await pipe.execute()
+
     def _subscriber(self, loop):
         sub = self._subscribers.get(loop)
         if sub is None:
@@ -150,6 +267,9 @@ class RedisBus:
 
     async def subscribe(self, hub):
         await self._subscriber(hub.loop).subscribe(hub.project_id)
+
+    async def listen_access(self):
+        await self._subscriber(asyncio.get_running_loop()).subscribe_access()
 
     async def unsubscribe(self, hub):
         await self._subscriber(hub.loop).unsubscribe(hub.project_id)
@@ -179,10 +299,22 @@ class _Subscriber:
     async def subscribe(self, project_id):
         channel = bus_channel(project_id)
         async with self.lock:
-            self.channels.add(channel)
-            await self.pubsub.subscribe(channel)
+            # The access channel comes with the first project and stays.
+            new = {channel, access_channel()} - self.channels
+            self.channels |= new
+            await self.pubsub.subscribe(*sorted(new or {channel}))
             if self.reader is None or self.reader.done():
                 self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def subscribe_access(self):
+        if access_channel() in self.channels:
+            return
+        async with self.lock:
+            if access_channel() not in self.channels:
+                self.channels.add(access_channel())
+                await self.pubsub.subscribe(access_channel())
+                if self.reader is None or self.reader.done():
+                    self.reader = asyncio.get_running_loop().create_task(self._read())
 
     async def unsubscribe(self, project_id):
         channel = bus_channel(project_id)
@@ -211,11 +343,16 @@ class _Subscriber:
                 await self._resubscribe()
                 for hub in list(registry.hubs.values()):
                     hub.request_catch_up()
+                # A revocation published meanwhile was not heard: check again.
+                registry.recheck_all()
                 continue
             if msg is None or msg.get("type") != "message":
                 continue
             channel = msg["channel"]
             channel = channel.decode() if isinstance(channel, bytes) else channel
+            if channel == access_channel():
+                registry.on_access_event(msg["data"])
+                continue
             project_id = int(channel.rsplit(".", 1)[1])
             hub = registry.hubs.get(project_id)
             if hub is not None:
@@ -256,9 +393,134 @@ def reset_bus():
 
 
 class _Registry:
-    def __init__(self):
+    """One event loop's hubs and sockets."""
+
+    def __init__(self, loop):
+        self.loop = loop
         self.hubs = {}
         self.starting = {}
+        self.sockets = {}  # user id -> this loop's open sockets of the user
+        # Revocations heard: a socket that was connecting meanwhile checks again.
+        self.access_events = 0
+        self.refresher = None
+
+    # -- sockets by user --
+    def add_socket(self, consumer):
+        self.sockets.setdefault(consumer.user_id, set()).add(consumer)
+        if self.refresher is None or self.refresher.done():
+            self.refresher = self.loop.create_task(self._refresh_sockets())
+
+    def remove_socket(self, consumer):
+        sockets = self.sockets.get(consumer.user_id)
+        if sockets is not None:
+            sockets.discard(consumer)
+            if not sockets:
+                del self.sockets[consumer.user_id]
+
+    async def _refresh_sockets(self):
+        """Keep this loop's open sockets counted (WS_MAX_SOCKETS_PER_USER)."""
+        while self.sockets:
+            await asyncio.sleep(SOCKET_REFRESH_SECONDS)
+            pairs = [(c.user_id, c.socket_id) for sockets in list(self.sockets.values())
+                     for c in sockets if c.socket_id]
+            try:
+                await get_bus().refresh_sockets(pairs)
+            except Exception:  # noqa: BLE001 - counted again on the next round
+                logger.info("event=socket_refresh_failed")
+
+    # -- revocation --
+    def on_access_event(self, data):
+        """A revocation from any process: hold and check again the sockets concerned."""
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            logger.warning("event=bus_bad_access_payload")
+            return
+        self.access_events += 1
+        metrics.ACCESS_EVENTS.inc()
+        project_id, user_id = event.get("project_id"), event.get("user_id")
+        if project_id is not None:
+            hub = self.hubs.get(project_id)
+            if hub is not None:
+                user_ids = event.get("user_ids")
+                wanted = None if user_ids is None else set(user_ids)
+                self.recheck([c for c in hub.consumers
+                              if wanted is None or c.user_id in wanted], project_id=project_id)
+        if user_id is not None:
+            sockets = list(self.sockets.get(user_id, ()))
+            ended = event.get("session")
+            if ended is None:
+                self.recheck(sockets, session=True)
+            else:
+                from chat.consumers import CLOSE_NOT_SIGNED_IN
+
+                for consumer in sockets:
+                    if consumer.session_hash == ended:
+                        metrics.SOCKETS_REVOKED.labels(str(CLOSE_NOT_SIGNED_IN)).inc()
+                        consumer.revoke(CLOSE_NOT_SIGNED_IN)
+
+    def recheck_all(self):
+        """Check every socket of this loop again (revocations may have been missed)."""
+        for hub in list(self.hubs.values()):
+            self.recheck(list(hub.consumers), project_id=hub.project_id, session=True)
+
+    def recheck(self, consumers, *, project_id=None, session=False):
+        """Hold the sockets' frames, check their access again, then release or close.
+
+        Whatever the hub had batched came before the revocation and goes first;
+        anything after waits in the sockets' holds until the check ends, so
+        nothing sent after a revocation reaches a socket it closes.
+        """
+        if not consumers:
+            return
+        for hub in {c.hub for c in consumers if c.hub is not None}:
+            hub.flush()
+        for consumer in consumers:
+            consumer.hold()
+        self.loop.create_task(
+            _recheck(consumers, project_id, session), context=contextvars.Context())
+
+
+async def _recheck(consumers, project_id, session):
+    from chat.consumers import CLOSE_ACCESS_CHECK_FAILED, CLOSE_NOT_MEMBER, CLOSE_NOT_SIGNED_IN
+
+    verdicts = {}
+    try:
+        if session:
+            keys = {(c.user_id, c.session_key) for c in consumers}
+            valid = await _sessions_still_valid(keys)
+            for consumer in consumers:
+                if (consumer.user_id, consumer.session_key) not in valid:
+                    verdicts[consumer] = CLOSE_NOT_SIGNED_IN
+        if project_id is not None:
+            allowed = await _members_with_access(project_id, {c.user_id for c in consumers})
+            for consumer in consumers:
+                if consumer.user_id not in allowed:
+                    verdicts.setdefault(consumer, CLOSE_NOT_MEMBER)
+    except Exception:  # noqa: BLE001 - cannot confirm access: fail closed, retryable
+        logger.warning("event=access_recheck_failed", exc_info=True)
+        verdicts = dict.fromkeys(consumers, CLOSE_ACCESS_CHECK_FAILED)
+    for consumer in consumers:
+        code = verdicts.get(consumer)
+        if code is None:
+            consumer.release()
+        else:
+            metrics.SOCKETS_REVOKED.labels(str(code)).inc()
+            consumer.revoke(code)
+
+
+@_db_task
+def _sessions_still_valid(keys):
+    from accounts.sessions import session_grants_user
+
+    return {(user_id, key) for user_id, key in keys if session_grants_user(key, user_id)}
+
+
+@_db_task
+def _members_with_access(project_id, user_ids):
+    from projects.access import members_with_access
+
+    return members_with_access(project_id, user_ids)
 
 
 _registries = weakref.WeakKeyDictionary()  # loop -> _Registry
@@ -268,7 +530,7 @@ def get_registry():
     loop = asyncio.get_running_loop()
     registry = _registries.get(loop)
     if registry is None:
-        registry = _registries[loop] = _Registry()
+        registry = _registries[loop] = _Registry(loop)
         # Presence publishes run on the loop's default executor: give it
         # room beside uvicorn's own work.
         from concurrent.futures import ThreadPoolExecutor
@@ -287,6 +549,23 @@ def db_task(fn):
     send costs about a millisecond, so 100 sends/s use a tenth of the thread.
     """
     return database_sync_to_async(fn)
+
+
+async def listen_for_revocations():
+    """Make sure this event loop hears revocations (before a socket's access check).
+
+    A bus that cannot subscribe now (Redis away) is not fatal: its reader checks
+    every socket again once it is back (_Subscriber._read).
+    """
+    try:
+        await get_bus().listen_access()
+    except Exception:  # noqa: BLE001
+        logger.warning("event=access_subscribe_failed", exc_info=True)
+
+
+def access_events():
+    """How many revocations this event loop has heard (see ProjectConsumer.connect)."""
+    return get_registry().access_events
 
 
 async def join_project(project_id, consumer):
@@ -380,10 +659,14 @@ class ProjectHub:
     # -- sockets --
     def add(self, consumer):
         self.consumers.add(consumer)
+        get_registry().add_socket(consumer)
         self._publish_presence(query=len(self.consumers) == 1)
 
     def remove(self, consumer):
         self.consumers.discard(consumer)
+        registry = _registries.get(self.loop)
+        if registry is not None:
+            registry.remove_socket(consumer)
         if not self.consumers and not self.closed:
             self.closed = True
             self.loop.create_task(self._close())

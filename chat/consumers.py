@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import time
+import uuid
 from urllib.parse import parse_qs
 
 import orjson
@@ -26,8 +27,12 @@ logger = logging.getLogger(__name__)
 CLOSE_NOT_SIGNED_IN = 4401
 CLOSE_NOT_MEMBER = 4403
 CLOSE_NO_PROJECT = 4404
+CLOSE_TOO_MANY_SOCKETS = 4429
 CLOSE_TOO_SLOW = 4008
 CLOSE_TOO_BIG = 1009
+# Access could not be checked again after a revocation (database away): the
+# socket closes as "try again later", and the client reconnects with `after`.
+CLOSE_ACCESS_CHECK_FAILED = 1013
 TYPING_MIN_INTERVAL = 2.0
 
 
@@ -82,6 +87,11 @@ class ProjectConsumer(AsyncWebsocketConsumer):
     closing = False
     user_id = None
     username = ""
+    project_id = None
+    session_key = None
+    session_hash = None
+    socket_id = None  # counted against WS_MAX_SOCKETS_PER_USER while set
+    holds = 0  # access checks under way: frames wait in `held` meanwhile
 
     async def connect(self):
         # Every log line of this connection's task carries one request id.
@@ -97,9 +107,20 @@ class ProjectConsumer(AsyncWebsocketConsumer):
             return await self.close_with(CLOSE_NOT_SIGNED_IN)
         self.user = user
         self.user_id, self.username = user.pk, user.username
+        session = self.scope.get("session")
+        self.session_key = getattr(session, "session_key", None)
+        if self.session_key:
+            self.session_hash = broadcast.session_fingerprint(self.session_key)
+        self.held = []
+        # Revocations heard while this socket is checked and joined are
+        # checked again once it is in its hub (it was not there to be held).
+        await broadcast.listen_for_revocations()
+        events_before = broadcast.access_events()
+        if not await self.claim_socket():
+            return await self.close_with(CLOSE_TOO_MANY_SOCKETS)
         try:
             self.project_id = int(self.scope["url_route"]["kwargs"]["project_id"])
-            await check_membership(user, self.project_id)
+            project = await check_membership(user, self.project_id)
         except NotFound:
             return await self.close_with(CLOSE_NO_PROJECT)
         except Forbidden:
@@ -107,6 +128,8 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         after = self._after()
         self.hub = await broadcast.join_project(self.project_id, self)
         metrics.WEBSOCKET_CONNECTIONS_ACTIVE.inc()
+        if broadcast.access_events() != events_before:
+            broadcast.get_registry().recheck([self], project_id=project.pk, session=True)
         upto = self.hub.flushed_seq
         await self.send(text_data=broadcast.encode_frame(
             {"type": "hello", "project_id": self.project_id, "seq": upto}
@@ -146,13 +169,45 @@ class ProjectConsumer(AsyncWebsocketConsumer):
                 {"type": "message_batch", "messages": chunk}
             ))
 
+    async def claim_socket(self):
+        """Count this socket against the user's open sockets; False over the limit.
+
+        A bus that cannot count (Redis away) lets the socket open: the limit
+        guards against a flood, not a single user's tabs.
+        """
+        socket_id = uuid.uuid4().hex
+        bus = broadcast.get_bus()
+        try:
+            count = await bus.claim_socket(self.user_id, socket_id)
+        except Exception:  # noqa: BLE001
+            logger.warning("event=socket_count_failed", exc_info=True)
+            return True
+        self.socket_id = socket_id
+        if count > settings.WS_MAX_SOCKETS_PER_USER:
+            await self.release_socket()
+            return False
+        return True
+
+    async def release_socket(self):
+        socket_id, self.socket_id = self.socket_id, None
+        if socket_id is None:
+            return
+        try:
+            await broadcast.get_bus().release_socket(self.user_id, socket_id)
+        except Exception:  # noqa: BLE001 - its count expires by itself
+            logger.info("event=socket_release_failed")
+
     async def disconnect(self, code):
+        self.leave_hub()
+        if self.writer is not None:
+            self.writer.cancel()
+        await self.release_socket()
+
+    def leave_hub(self):
         if self.hub is not None:
             self.hub.remove(self)
             self.hub = None
             metrics.WEBSOCKET_CONNECTIONS_ACTIVE.dec()
-        if self.writer is not None:
-            self.writer.cancel()
 
     async def close_with(self, code):
         metrics.WEBSOCKET_CLOSES.labels(str(code)).inc()
@@ -173,28 +228,57 @@ class ProjectConsumer(AsyncWebsocketConsumer):
     def push_frame(self, frame):
         if self.closing:
             return
+        if self.holds:
+            self.held.append(frame)
+            if len(self.held) <= settings.WS_SEND_QUEUE_FRAMES:
+                return
+            frame = None  # as a full queue: a client this far behind is dropped
         try:
+            if frame is None:
+                raise asyncio.QueueFull
             self.queue.put_nowait(frame)
         except asyncio.QueueFull:
             # A client that does not read must not slow the others: drop it.
-            self.closing = True
             metrics.SLOW_CLIENTS_CLOSED.inc()
-            if self.hub is not None:
-                self.hub.remove(self)
-                self.hub = None
-                metrics.WEBSOCKET_CONNECTIONS_ACTIVE.dec()
-            asyncio.get_running_loop().create_task(self._close_slow())
+            self.close_now(CLOSE_TOO_SLOW)
 
-    async def _close_slow(self):
+    # -- revocation (chat.broadcast: the registry holds, checks, then releases or revokes) --
+    def hold(self):
+        """Keep frames back until the access check under way ends."""
+        self.holds += 1
+
+    def release(self):
+        """The check found access intact: send what was held."""
+        self.holds = max(0, self.holds - 1)
+        if not self.holds:
+            held, self.held = self.held, []
+            for frame in held:
+                self.push_frame(frame)
+
+    def revoke(self, code):
+        """Access ended: close with `code`; nothing more is sent."""
+        self.held = []
+        self.close_now(code)
+
+    def close_now(self, code):
+        """Leave the hub at once and close with `code`, dropping queued frames."""
+        if self.closing:
+            return
+        self.closing = True
+        self.leave_hub()
+        asyncio.get_running_loop().create_task(self._close_dropping(code))
+
+    async def _close_dropping(self, code):
         if self.writer is not None:
             self.writer.cancel()
         while not self.queue.empty():
             self.queue.get_nowait()
-        metrics.WEBSOCKET_CLOSES.labels(str(CLOSE_TOO_SLOW)).inc()
+        metrics.WEBSOCKET_CLOSES.labels(str(code)).inc()
         try:
-            await self.close(code=CLOSE_TOO_SLOW)
+            await self.close(code=code)
         except Exception:  # noqa: BLE001 - the client may already be gone
             logger.info("event=close_after_disconnect project=%s", self.project_id)
+        await self.release_socket()
 
     async def write_frames(self):
         try:

@@ -17,3 +17,9 @@ HUB_CATCH_UPS = Counter("chat_hub_catch_ups_total", "Gaps filled from the databa
 BUS_PUBLISH_ERRORS = Counter("chat_bus_publish_errors_total", "Failed publishes to the bus")
 BUS_RECEIVE_ERRORS = Counter("chat_bus_receive_errors_total", "Failed reads from the bus")
 SLOW_CLIENTS_CLOSED = Counter("chat_slow_clients_closed_total", "Sockets closed with 4008")
+ACCESS_EVENTS = Counter(
+    "chat_access_events_total", "Revocations heard from the bus (per event loop)"
+)
+SOCKETS_REVOKED = Counter(
+    "chat_sockets_revoked_total", "Sockets closed because access ended, by close code", ["code"]
+)

@@ -208,7 +208,7 @@ class HotReads:
             raise Declined("session")
         if user is None:
             user = found[-1]
-            if user is None:
+            if user is None or isinstance(user, str):  # missing, or retired by a revocation
                 raise Declined("user")
             remember_user(user_id, user)
         self.check_session(session, user, user_id)
@@ -225,15 +225,20 @@ class HotReads:
         return environ.get("wsgi.url_scheme") == "https"
 
     def session_key(self, environ):
+        """The session cookie's value; two cookies of that name are Django's to
+        answer (it reads the last, and so do Channels' sockets: one reading for
+        every path)."""
         cookie = environ.get("HTTP_COOKIE", "")
         name = settings.SESSION_COOKIE_NAME + "="
+        key = None
         for part in cookie.split(";"):
             part = part.strip()
             if part.startswith(name):
+                if key is not None:
+                    raise Declined("cookies")
                 key = part[len(name):]
-                if SESSION_KEY_CHARS.fullmatch(key):
-                    return key
-                break
+        if key is not None and SESSION_KEY_CHARS.fullmatch(key):
+            return key
         raise Declined("anonymous")
 
     def session_cache_key(self, session_key):

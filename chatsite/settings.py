@@ -7,6 +7,7 @@ the broadcast bus). See .env.example for every variable and its default.
 """
 
 import os
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -36,12 +37,21 @@ REDIS_URL = env("REDIS_URL")
 # development key.
 PRODUCTION = not DATABASE_URL.startswith("sqlite") and bool(REDIS_URL)
 
+# The development key is public (it is in this file): it signs sessions, so only
+# the embedded default (SQLite) or DEBUG may run on it. Any other database with
+# DEBUG off is a deployment, with or without Redis. DEBUG with such a database
+# warns on stderr (logging is not configured yet while settings are read).
 SECRET_KEY = env("SECRET_KEY")
 if not SECRET_KEY:
-    if PRODUCTION and not DEBUG and not env("ALLOW_INSECURE_KEY", False, bool):
-        raise ImproperlyConfigured(
-            "SECRET_KEY is required in production shape "
-            "(DATABASE_URL and REDIS_URL set). Set SECRET_KEY in the environment."
+    if not DATABASE_URL.startswith("sqlite"):
+        if not DEBUG:
+            raise ImproperlyConfigured(
+                "SECRET_KEY is required with DEBUG off and a database other than "
+                "SQLite. Set SECRET_KEY in the environment."
+            )
+        sys.stderr.write(
+            "WARNING: DEBUG is on and SECRET_KEY is not set: running on the public "
+            "development key with a real database. Never do this in production.\n"
         )
     SECRET_KEY = "dev-insecure-key-do-not-use-in-production-" + "x" * 20
 
@@ -161,7 +171,12 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = ["accounts.backends.CachedModelBackend"]
 # Seconds a process keeps a signed-in user in memory (0: off); see accounts/backends.py.
-USER_LOCAL_CACHE_SECONDS = env("USER_LOCAL_CACHE_SECONDS", 2.0, float)
+# Off by default: a deactivation or a new password must end access in every
+# process at once, and a kept user would outlive it there by up to this long.
+USER_LOCAL_CACHE_SECONDS = env("USER_LOCAL_CACHE_SECONDS", 0.0, float)
+# Seconds a revoked cache entry stays marked so that no reader refills it with
+# what it read before the revocation (chatsite/retired.py).
+REFILL_GUARD_SECONDS = env("REFILL_GUARD_SECONDS", 10, int)
 
 # --- Cache, sessions, channel layer --------------------------------------------
 CACHE_TTL = env("CACHE_TTL", 300, int)
@@ -250,9 +265,14 @@ WS_MAX_FRAME_BYTES = env("WS_MAX_FRAME_BYTES", 65536, int)
 WS_SEND_QUEUE_FRAMES = env("WS_SEND_QUEUE_FRAMES", 256, int)
 WS_RATE_PER_SECOND = env("WS_RATE_PER_SECOND", 10.0, float)
 WS_RATE_BURST = env("WS_RATE_BURST", 30, int)
+# Open sockets per user across every process (close 4429 beyond): a flood guard.
+WS_MAX_SOCKETS_PER_USER = env("WS_MAX_SOCKETS_PER_USER", 30, int)
 # Threads per process for the sockets' database work (sends, replays, checks).
 WS_DB_THREADS = env("WS_DB_THREADS", 16, int)
 LOGIN_FAILURE_LIMIT = env("LOGIN_FAILURE_LIMIT", 5, int)
+# Proxies in front of the app whose X-Forwarded-For entries are believed (0: the
+# header is ignored); sign-in failures are counted per client address behind them.
+TRUSTED_PROXY_COUNT = env("TRUSTED_PROXY_COUNT", 0, int)
 
 # --- Performance knobs of the guide (used by later layers) ---------------------
 SLOW_QUERY_THRESHOLD = env("SLOW_QUERY_THRESHOLD", 0.1, float)

@@ -18,7 +18,11 @@ def access_project(user, project_id):
         .first()
     )
     if membership is None or not membership.project.is_active:
-        get_active_project(project_id)  # 404 for a missing project, else 403
+        # A missing, inactive or private project is one answer, 404: a refusal
+        # says nothing of a private project, not even that it exists. A public
+        # project is open to anyone signed in: its refusal is 403 (join first).
+        if get_active_project(project_id).is_private:
+            raise NotFound("No such project.")
         raise Forbidden("You are not a member of this project.", code="not_member")
     return membership.project, membership
 
@@ -69,19 +73,22 @@ def access_project_cached(user, project_id, *, cached=None):
     trip with other keys). Membership and project changes drop the entry
     (projects.signals).
     """
-    from chatsite.cache import safe_get, safe_set
+    from chatsite.cache import safe_get
+    from chatsite.retired import RETIRED, refill
 
     key = _access_key(user.pk, project_id)
     role = cached if cached is not None else safe_get(key)
-    if role is None:
+    if role is None or role == RETIRED:
         try:
             _, membership = access_project(user, project_id)
-            role = membership.role
+            fresh = membership.role
         except NotFound:
-            role = _NO_PROJECT
+            fresh = _NO_PROJECT
         except Forbidden:
-            role = _NOT_MEMBER
-        safe_set(key, role)
+            fresh = _NOT_MEMBER
+        if role is None:  # a retired entry is not refilled (chatsite.retired)
+            refill(key, fresh)
+        role = fresh
     if role == _NO_PROJECT:
         raise NotFound("No such project.")
     if role == _NOT_MEMBER:
@@ -89,7 +96,21 @@ def access_project_cached(user, project_id, *, cached=None):
     return role
 
 
-def forget_access(user_id, project_id):
+def forget_access(pairs, *, revoked=True):
+    """Drop the cached access entries of these (user id, project id) pairs;
+    `revoked`: keep stale readers from refilling them (chatsite.retired)."""
     from chatsite.cache import safe_delete_many
+    from chatsite.retired import retire
 
-    safe_delete_many([_access_key(user_id, project_id)])
+    keys = [_access_key(user_id, project_id) for user_id, project_id in pairs]
+    if keys:
+        (retire if revoked else safe_delete_many)(keys)
+
+
+def members_with_access(project_id, user_ids):
+    """Return which of these users are members of the project while it is active."""
+    return set(
+        Membership.objects.filter(
+            project_id=project_id, project__is_active=True, user_id__in=user_ids
+        ).values_list("user_id", flat=True)
+    )

@@ -4,7 +4,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
 from chatsite.cache import bump_version
-from chatsite.errors import Conflict, Forbidden, Invalid, NotFound
+from chatsite.errors import Conflict, Invalid, NotFound
 from projects.access import access_project, access_project_admin, get_active_project
 from projects.models import Membership, Project
 
@@ -39,7 +39,8 @@ def do_join_project(user, project_id):
     if existing:
         return project, existing
     if project.is_private:
-        raise Forbidden("This project is private: ask an owner or admin to add you.")
+        # As if missing: a refusal says nothing of a private project.
+        raise NotFound("No such project.")
     try:
         with transaction.atomic():
             membership = Membership.objects.create(
@@ -72,6 +73,24 @@ def do_add_member(actor, project_id, username):
         raise NotFound("No such user.", fields={"username": "unknown"})
     membership, created = Membership.objects.get_or_create(user=user, project=project)
     return project, membership, created
+
+
+@transaction.atomic
+def do_deactivate_projects(project_ids):
+    """Deactivate projects; return how many were active.
+
+    An inactive project disappears from lists and refuses access, while its
+    history stays in place should it be reactivated. One UPDATE (a moderation
+    write over many projects), then what every way access ends does: cached
+    reads retired and the projects' sockets closed (projects.signals).
+    """
+    from projects.signals import project_changes_committed
+
+    ids = list(Project.objects.filter(pk__in=project_ids, is_active=True)
+               .select_for_update().values_list("pk", flat=True))
+    Project.objects.filter(pk__in=ids).update(is_active=False)
+    project_changes_committed(ids)
+    return len(ids)
 
 
 def do_mark_read(user, project_id, seq):

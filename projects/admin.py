@@ -3,17 +3,8 @@
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 
+from projects.actions import do_deactivate_projects
 from projects.models import Membership, Project
-
-
-def deactivate_projects(project_ids):
-    """Mark the given projects inactive; return how many were active."""
-    # A moderation write: one UPDATE, no per-project side effects. An inactive
-    # project disappears from lists and refuses access (projects.access), while
-    # its history stays in place should it be reactivated.
-    return Project.objects.filter(pk__in=project_ids, is_active=True).update(
-        is_active=False
-    )
 
 
 class ProjectFilter(admin.SimpleListFilter):
@@ -93,7 +84,9 @@ class ProjectAdmin(admin.ModelAdmin):
 
     @admin.action(description="Deactivate selected projects", permissions=["change"])
     def deactivate_selected(self, request, queryset):
-        changed = deactivate_projects(list(queryset.values_list("pk", flat=True)))
+        # Through the action: its members' cached reads are retired and their
+        # sockets closed, as for any other way access ends.
+        changed = do_deactivate_projects(list(queryset.values_list("pk", flat=True)))
         self.message_user(
             request, f"Deactivated {changed} project(s).", messages.SUCCESS
         )

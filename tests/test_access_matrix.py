@@ -35,6 +35,8 @@ def row(anonymous, nonmember, member, admin, owner, staff):
 # (name, method, path, JSON body, expected status by role). {pub}/{priv} are the
 # projects, {msg}/{privmsg} a message by the member in each, {missing} no project.
 MEMBERS_ONLY_READ = row(401, 403, 200, 200, 200, 403)
+# A private project refuses non-members as a missing one: 404, never 403.
+PRIVATE_READ = row(401, 404, 200, 200, 200, 404)
 API_MATRIX = [
     ("csrf", "GET", "/api/auth/csrf", None, row(200, 200, 200, 200, 200, 200)),
     ("me", "GET", "/api/auth/me", None, row(401, 200, 200, 200, 200, 200)),
@@ -43,12 +45,12 @@ API_MATRIX = [
     ("create_project", "POST", "/api/projects", {"name": "New"},
      row(401, 201, 201, 201, 201, 201)),
     ("get_public", "GET", "/api/projects/{pub}", None, row(401, 200, 200, 200, 200, 200)),
-    ("get_private", "GET", "/api/projects/{priv}", None, MEMBERS_ONLY_READ),
+    ("get_private", "GET", "/api/projects/{priv}", None, PRIVATE_READ),
     ("get_missing", "GET", "/api/projects/{missing}", None, row(401, 404, 404, 404, 404, 404)),
     ("join_public", "POST", "/api/projects/{pub}/join", None,
      row(401, 200, 200, 200, 200, 200)),
     ("join_private", "POST", "/api/projects/{priv}/join", None,
-     row(401, 403, 200, 200, 200, 403)),
+     row(401, 404, 200, 200, 200, 404)),
     ("join_missing", "POST", "/api/projects/{missing}/join", None,
      row(401, 404, 404, 404, 404, 404)),
     # The last owner cannot leave (409).
@@ -57,41 +59,42 @@ API_MATRIX = [
     ("add_member_public", "POST", "/api/projects/{pub}/members", {"username": "newcomer"},
      row(401, 403, 403, 201, 201, 403)),
     ("add_member_private", "POST", "/api/projects/{priv}/members", {"username": "newcomer"},
-     row(401, 403, 403, 201, 201, 403)),
+     row(401, 404, 403, 201, 201, 404)),
     ("read_public", "POST", "/api/projects/{pub}/read", {"seq": 1}, MEMBERS_ONLY_READ),
-    ("read_private", "POST", "/api/projects/{priv}/read", {"seq": 1}, MEMBERS_ONLY_READ),
+    ("read_private", "POST", "/api/projects/{priv}/read", {"seq": 1}, PRIVATE_READ),
     ("page_history_public", "GET", "/api/messages?project_id={pub}", None, MEMBERS_ONLY_READ),
     ("page_history_private", "GET", "/api/messages?project_id={priv}", None,
-     MEMBERS_ONLY_READ),
+     PRIVATE_READ),
     ("page_history_missing", "GET", "/api/messages?project_id={missing}", None,
      row(401, 404, 404, 404, 404, 404)),
     ("cursor_history_public", "GET", "/api/projects/{pub}/messages", None, MEMBERS_ONLY_READ),
     ("cursor_history_private", "GET", "/api/projects/{priv}/messages?after=0", None,
-     MEMBERS_ONLY_READ),
+     PRIVATE_READ),
     ("send_public", "POST", "/api/messages", {"project_id": "{pub}", "content": "hi"},
      row(401, 403, 201, 201, 201, 403)),
     ("send_private", "POST", "/api/messages", {"project_id": "{priv}", "content": "hi"},
-     row(401, 403, 201, 201, 201, 403)),
+     row(401, 404, 201, 201, 201, 404)),
     ("send_missing", "POST", "/api/messages", {"project_id": "{missing}", "content": "hi"},
      row(401, 404, 404, 404, 404, 404)),
     # Only the author edits; the author or a project admin deletes.
     ("edit_public", "PATCH", "/api/messages/{msg}", {"content": "edited"},
      row(401, 403, 200, 403, 403, 403)),
     ("edit_private", "PATCH", "/api/messages/{privmsg}", {"content": "edited"},
-     row(401, 403, 200, 403, 403, 403)),
+     row(401, 404, 200, 403, 403, 404)),
     ("edit_missing", "PATCH", "/api/messages/{missing}", {"content": "edited"},
      row(401, 404, 404, 404, 404, 404)),
     ("delete_public", "DELETE", "/api/messages/{msg}", None, row(401, 403, 204, 204, 204, 403)),
     ("delete_private", "DELETE", "/api/messages/{privmsg}", None,
-     row(401, 403, 204, 204, 204, 403)),
+     row(401, 404, 204, 204, 204, 404)),
     ("search_all", "GET", "/api/search?q=hello", None, row(401, 200, 200, 200, 200, 200)),
-    ("search_private", "GET", "/api/search?q=hello&project_id={priv}", None, MEMBERS_ONLY_READ),
+    ("search_private", "GET", "/api/search?q=hello&project_id={priv}", None, PRIVATE_READ),
 ]
 
 PAGE_MATRIX = [
     ("home", "/", row(302, 200, 200, 200, 200, 200)),
     ("project_public", "/projects/{pub}/", row(302, 403, 200, 200, 200, 403)),
-    ("project_private", "/projects/{priv}/", row(302, 403, 200, 200, 200, 403)),
+    # A private project is refused as a missing one: no page says it exists.
+    ("project_private", "/projects/{priv}/", row(302, 404, 200, 200, 200, 404)),
     ("project_missing", "/projects/{missing}/", row(302, 404, 404, 404, 404, 404)),
     ("search", "/search?q=hello", row(302, 200, 200, 200, 200, 200)),
     ("admin", "/admin/", row(302, 302, 302, 302, 302, 200)),
@@ -99,7 +102,7 @@ PAGE_MATRIX = [
 
 SOCKET_MATRIX = [
     ("public", "{pub}", row(4401, 4403, "open", "open", "open", 4403)),
-    ("private", "{priv}", row(4401, 4403, "open", "open", "open", 4403)),
+    ("private", "{priv}", row(4401, 4404, "open", "open", "open", 4404)),
     ("missing", "{missing}", row(4401, 4404, 4404, 4404, 4404, 4404)),
 ]
 

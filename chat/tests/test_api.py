@@ -348,14 +348,15 @@ def test_cursor_history_of_unknown_project_is_404(client_member):
     assert_error(client_member.get("/api/projects/999999/messages"), 404, "not_found")
 
 
-def test_cursor_history_of_private_project_after_leaving_is_403(
+def test_cursor_history_of_private_project_after_leaving_is_404(
     owner, member, client_member
 ):
     private = do_create_project(owner, name="Secret", is_private=True)
     Membership.objects.create(user=member, project=private)
     assert client_member.get(f"/api/projects/{private.pk}/messages").status_code == 200
     client_member.post(f"/api/projects/{private.pk}/leave")
-    assert_error(client_member.get(f"/api/projects/{private.pk}/messages"), 403)
+    # Refused as a missing project: a private project says nothing to outsiders.
+    assert_error(client_member.get(f"/api/projects/{private.pk}/messages"), 404)
 
 
 # --- send ---------------------------------------------------------------------------

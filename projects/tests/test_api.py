@@ -257,9 +257,14 @@ def test_get_public_project_is_visible_to_non_member(project, client_outsider):
     assert client_outsider.get(f"/api/projects/{project.pk}").status_code == 200
 
 
-def test_get_private_project_by_non_member_is_403(owner, client_outsider):
+def test_private_project_is_refused_to_non_members_as_if_missing(owner, client_outsider):
+    # A refusal says nothing of a private project, not even that it exists.
     private = do_create_project(owner, name="Secret", is_private=True)
-    assert_error(client_outsider.get(f"/api/projects/{private.pk}"), 403)
+    refused = client_outsider.get(f"/api/projects/{private.pk}")
+    missing = client_outsider.get("/api/projects/999999")
+    assert_error(refused, 404, "not_found")
+    assert refused.content == missing.content
+    assert b"Secret" not in refused.content
 
 
 def test_get_unknown_project_is_404(client_member):
@@ -290,9 +295,11 @@ def test_join_twice_keeps_one_membership(project, outsider, client_outsider):
     assert Membership.objects.filter(user=outsider, project=project).count() == 1
 
 
-def test_join_private_project_is_403(owner, outsider, client_outsider):
+def test_join_private_project_is_refused_as_missing(owner, outsider, client_outsider):
     private = do_create_project(owner, name="Secret", is_private=True)
-    assert_error(post_json(client_outsider, f"/api/projects/{private.pk}/join"), 403)
+    refused = post_json(client_outsider, f"/api/projects/{private.pk}/join")
+    assert_error(refused, 404, "not_found")
+    assert refused.content == post_json(client_outsider, "/api/projects/999999/join").content
     assert not Membership.objects.filter(user=outsider, project=private).exists()
 
 

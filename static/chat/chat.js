@@ -40,6 +40,7 @@
     4401: "You were signed out.",
     4403: "You are no longer a member of this project.",
     4404: "This project no longer exists.",
+    4429: "Too many open chat tabs: close some and reload this one.",
   };
 
   const $ = (id) => document.getElementById(id);
@@ -144,6 +145,22 @@
     notice.hidden = false;
     clearTimeout(noticeTimer);
     if (timeout) noticeTimer = setTimeout(() => (notice.hidden = true), timeout);
+  }
+
+  /** 4401 closes the sockets of an ended session; this browser may hold a new
+   *  one (a password changed in another tab rotates the session): reconnect
+   *  then, else say so. */
+  function checkStillSignedIn() {
+    fetch("/api/auth/me", { credentials: "same-origin" })
+      .then((response) => {
+        if (response.ok) {
+          stopped = false;
+          scheduleReconnect();
+        } else {
+          signedOut();
+        }
+      })
+      .catch(signedOut);
   }
 
   function signedOut() {
@@ -498,7 +515,7 @@
     if (FINAL_CLOSE[event.code]) {
       stopped = true;
       offlineBanner.hidden = true;
-      if (event.code === 4401) signedOut();
+      if (event.code === 4401) checkStillSignedIn();
       else showNotice(FINAL_CLOSE[event.code], { timeout: 0 });
       return;
     }
