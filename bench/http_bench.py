@@ -143,6 +143,9 @@ def main():
                 bench.measure(on, "/healthz", cookie=False,
                               label="framework ceiling: trivial view (/healthz) through Django"),
                 bench.measure(on, page, label="first history page, cached, hot path"),
+                bench.measure(on, "/api/projects", label="project list, cached, hot path"),
+                bench.measure(on, f"/api/messages?project_id={pid}",
+                              label="page-numbered first page, cached, through Django"),
             ]
             on.stop()
             django_path = bench.server({"HOT_PATH": "false"})
