@@ -35,11 +35,14 @@ run: seed
 WS_PORT ?= $(shell echo $$(($(PORT) + 1)))
 HTTP_THREADS ?= 8
 WS_PUBLIC_URL ?= ws://$(HOST):$(WS_PORT)
+# The socket server accepts the pages' origin (scheme, host and port compared).
+CSRF_TRUSTED_ORIGINS ?= http://$(HOST):$(PORT)
 serve: venv
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v0
 	rm -rf $(PROMETHEUS_MULTIPROC_DIR) && mkdir -p $(PROMETHEUS_MULTIPROC_DIR)
-	export PROMETHEUS_MULTIPROC_DIR=$(PROMETHEUS_MULTIPROC_DIR) WS_PUBLIC_URL=$(WS_PUBLIC_URL); \
+	export PROMETHEUS_MULTIPROC_DIR=$(PROMETHEUS_MULTIPROC_DIR) WS_PUBLIC_URL=$(WS_PUBLIC_URL) \
+		CSRF_TRUSTED_ORIGINS=$(CSRF_TRUSTED_ORIGINS); \
 	$(VENV)/bin/uvicorn chatsite.asgi:application --host $(HOST) --port $(WS_PORT) \
 		--workers $(WEB_WORKERS) --ws websockets --ws-max-size 65536 \
 		--timeout-keep-alive 30 --no-access-log --loop uvloop --http httptools & \

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DATABASE_URL", "postgres://root@127.0.0.1:5432/postgres")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
 
-from tests.live import LiveServer, make_live_env, run_manage  # noqa: E402
+from tests.live import LiveServer, free_port, make_live_env, run_manage  # noqa: E402
 
 PASSWORD = "load-pass-123"
 
@@ -59,9 +59,12 @@ def main():
                    "--loadtest-projects", str(args.projects), "--messages", "2000",
                    "--password", PASSWORD, timeout=600)
         # make serve's layout: sockets on uvicorn, HTTP on granian (WSGI).
-        sockets = LiveServer(env, workers=args.workers).start()
-        server = LiveServer(env, workers=args.http_workers or args.workers, http="granian",
-                            threads=args.http_threads,
+        # The socket server accepts the pages' origin (docs/REALTIME.md).
+        page_port = free_port()
+        sockets = LiveServer(env, workers=args.workers, extra_env={
+            "CSRF_TRUSTED_ORIGINS": f"http://127.0.0.1:{page_port}"}).start()
+        server = LiveServer(env, port=page_port, workers=args.http_workers or args.workers,
+                            http="granian", threads=args.http_threads,
                             extra_env={"WS_PUBLIC_URL": sockets.ws_url}).start()
         before = server.cpu_seconds() + sockets.cpu_seconds()
         machine_before = machine_cpu()

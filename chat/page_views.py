@@ -40,19 +40,30 @@ def parse_seq(raw):
     return number if number > 0 else None
 
 
+# The one answer for a project the caller may not know of: a missing id and a
+# private project they are not in must read the same, or looping over ids
+# would list which private projects exist (and, named, what they are called).
+NO_SUCH_PROJECT = "No such project."
+
+
 def open_project(request, project_id):
-    """Return (project, membership, None) or (None, None, an error page response)."""
+    """Return (project, membership, None) or (None, None, an error page response).
+
+    A public project the caller has not joined is named with a join button
+    (403); a private one answers exactly as a missing one (404).
+    """
     try:
         project, membership = access_project(request.user, project_id)
-    except NotFound as error:
-        return None, None, render_not_found(request, error.message)
+    except NotFound:
+        return None, None, render_not_found(request, NO_SUCH_PROJECT)
     except Forbidden as error:
-        # One more query, on the refusal path only: name the project and offer
-        # a join button when it is public.
+        # One more query, on the refusal path only, to tell public from private.
         try:
             project = get_active_project(project_id)
         except NotFound:
             project = None
+        if project is None or project.is_private:
+            return None, None, render_not_found(request, NO_SUCH_PROJECT)
         return None, None, render_forbidden(request, error.message, project=project)
     return project, membership, None
 

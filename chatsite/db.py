@@ -4,15 +4,21 @@
 it is created (connection_created), so it also covers pooled psycopg
 connections and Channels' database_sync_to_async threads without swapping the
 database engine.
+
+The slow-query log and the admin performance page show statement shapes only
+(`normalize_sql`): parameters carry message text and session keys, and a
+statement may inline them as literals.
 """
 
 import heapq
 import logging
+import re
 import threading
 import time
 from datetime import UTC, datetime
 
 from django.conf import settings
+from django.utils.crypto import salted_hmac
 from django_prometheus.db import metrics as django_db_metrics
 
 from chatsite.metrics import DATABASE_QUERY_DURATION
@@ -20,7 +26,10 @@ from chatsite.metrics import DATABASE_QUERY_DURATION
 logger = logging.getLogger(__name__)
 
 QUERY_PREVIEW_CHARS = 200
-PARAMS_PREVIEW_CHARS = 100
+# Only the start of a statement is normalized: a long IN list or bulk VALUES
+# costs nothing past it, and an unterminated literal at the cut is still scrubbed.
+NORMALIZE_CHARS = 2000
+PARAMS_HASH_CHARS = 12
 QUERY_TYPES = ("select", "insert", "update", "delete")
 _QUERY_TIMERS = {kind: DATABASE_QUERY_DURATION.labels(kind) for kind in (*QUERY_TYPES, "other")}
 _DJANGO_METRICS = {}
@@ -30,6 +39,58 @@ def query_type(sql):
     """Return select/insert/update/delete/other for one SQL statement."""
     kind = sql.lstrip()[:6].lower()
     return kind if kind in QUERY_TYPES else "other"
+
+
+# One pass over a statement: quoted identifiers are kept; string, dollar-quoted and
+# numeric literals and %s/$1/? placeholders become "?"; comments are dropped.
+# Backslash escapes count only in E'' strings, as in standard SQL (Django's
+# ESCAPE '\' is one whole string).
+_SQL_TOKEN = re.compile(
+    r"""(?P<identifier>"(?:[^"]|"")*")
+    |(?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
+    |(?P<literal>
+        (?<!\w)[Ee]'(?:[^'\\]|''|\\.)*(?:'|\Z)
+        |(?:(?<!\w)[BbXxNn])?'(?:[^']|'')*(?:'|\Z)
+        |\$(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?(?:\$(?P=tag)\$|\Z)
+        |%s|\$\d+|\?
+        |(?<![\w.])\d+(?:\.\d*)?(?:[Ee][-+]?\d+)?
+        |(?<![\w.])\.\d+(?:[Ee][-+]?\d+)?
+    )""",
+    re.VERBOSE | re.DOTALL,
+)
+_PLACEHOLDER_LIST = re.compile(r"\?(?:\s*,\s*\?)+")
+_ROW_LIST = re.compile(r"\(\?, \.\.\.\)(?:\s*,\s*\(\?, \.\.\.\))+")
+
+
+def _normalize_token(match):
+    if match.group("identifier") is not None:
+        return match.group()
+    return " " if match.group("comment") is not None else "?"
+
+
+def normalize_sql(sql, limit=QUERY_PREVIEW_CHARS):
+    """Return the statement's shape on one line: every value a "?", lists shortened.
+
+    Safe to show anyone who may see the schema: no parameter and no literal of
+    the statement survives.
+    """
+    shape = _SQL_TOKEN.sub(_normalize_token, str(sql)[:NORMALIZE_CHARS])
+    shape = _PLACEHOLDER_LIST.sub("?, ...", shape)
+    shape = _ROW_LIST.sub("(?, ...), ...", shape)
+    return " ".join(shape.split())[:limit]
+
+
+def params_hash(params):
+    """Return a short keyed hash of a statement's parameters, or "-" without any.
+
+    Equal parameters hash alike, so repeats of one slow statement can be told
+    apart from different ones; keyed with SECRET_KEY, so a guessed message text
+    cannot be checked against it.
+    """
+    if not params:
+        return "-"
+    digest = salted_hmac("chatsite.db.params_hash", repr(params)).hexdigest()
+    return digest[:PARAMS_HASH_CHARS]
 
 
 def one_line(text, limit):
@@ -65,17 +126,20 @@ class SlowestQueries:
             self._started = now
 
     def record(self, duration, sql, params, alias):
-        """Keep the statement if it is among the slowest of the current window."""
+        """Keep the statement's shape if it is among the slowest of the current window.
+
+        `params` is never kept (nor shown): only the shape of `sql`.
+        """
         current = self._current
         now = time.monotonic()
         if (len(current) >= self.size and duration <= current[0][0]
                 and now - self._started < self.window):
             return
+        shape = normalize_sql(sql, 1000)
         with self._lock:
             self._rotate(now)
             self._sequence += 1
-            entry = (duration, self._sequence, time.time(),
-                     one_line(sql, 1000), one_line(params, PARAMS_PREVIEW_CHARS), alias)
+            entry = (duration, self._sequence, time.time(), shape, alias)
             if len(self._current) < self.size:
                 heapq.heappush(self._current, entry)
             elif duration > self._current[0][0]:
@@ -88,8 +152,8 @@ class SlowestQueries:
             entries = sorted(self._current + self._previous, reverse=True)[: self.size]
         return [
             {"duration_ms": duration * 1000, "at": datetime.fromtimestamp(at, tz=UTC),
-             "query": sql, "params": params, "alias": alias}
-            for duration, _, at, sql, params, alias in entries
+             "query": shape, "alias": alias}
+            for duration, _, at, shape, alias in entries
         ]
 
     def clear(self):
@@ -147,13 +211,13 @@ def observe_query(execute, sql, params, many, context):
 
 
 def log_slow_query(duration, sql, params, alias):
-    """Log one statement over SLOW_QUERY_THRESHOLD as one structured line."""
-    query = one_line(sql, QUERY_PREVIEW_CHARS)
-    params = one_line(params, PARAMS_PREVIEW_CHARS)
+    """Log one statement over SLOW_QUERY_THRESHOLD as one line: its shape, never values."""
+    query = normalize_sql(sql, QUERY_PREVIEW_CHARS)
+    digest = params_hash(params)
     logger.warning(
-        "event=slow_query duration=%.4f query=%s params=%s", duration, query, params,
+        "event=slow_query duration=%.4f query=%s params_hash=%s", duration, query, digest,
         extra={"event": "slow_query", "duration_ms": round(duration * 1000, 3),
-               "query": query, "params": params, "alias": alias},
+               "query": query, "params_hash": digest, "alias": alias},
     )
 
 

@@ -234,7 +234,12 @@ def p95_chart(endpoints, limit=12, width=640, bar_height=18, label_width=300):
 
 @staff_member_required
 def performance(request):
-    """Live p50/p95 per endpoint, request rate and the slowest recent queries."""
+    """Live p50/p95 per endpoint, request rate and the slowest recent queries.
+
+    Statements are shown as shapes (chatsite.db.normalize_sql), never with their
+    values: any staff user may open this page, and values are message text and
+    session keys.
+    """
     current = take_snapshot()
     baseline = SNAPSHOTS.baseline_for(current["at"])
     SNAPSHOTS.add(current)

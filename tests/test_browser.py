@@ -4,7 +4,14 @@ import time
 
 import pytest
 
-from tests.live import LiveServer, create_users_and_project, login, make_live_env, post_message
+from tests.live import (
+    LiveServer,
+    create_users_and_project,
+    free_port,
+    login,
+    make_live_env,
+    post_message,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 
@@ -118,8 +125,13 @@ def split_servers():
     """make serve's layout: pages and the API on granian, sockets on uvicorn."""
     env, close = make_live_env()
     project_id = create_users_and_project(env, ["carol", "dave"], "Browser split")
-    sockets = LiveServer(env).start()
-    http = LiveServer(env, http="granian", extra_env={"WS_PUBLIC_URL": sockets.ws_url}).start()
+    page_port = free_port()
+    # The socket server accepts the pages' origin, on another port, only when
+    # told it (chatsite.origin).
+    sockets = LiveServer(env, extra_env={
+        "CSRF_TRUSTED_ORIGINS": f"http://127.0.0.1:{page_port}"}).start()
+    http = LiveServer(env, port=page_port, http="granian",
+                      extra_env={"WS_PUBLIC_URL": sockets.ws_url}).start()
     yield http, sockets, project_id
     http.stop()
     sockets.stop()

@@ -17,6 +17,7 @@ from tests.live import (
     LiveServer,
     cookie_header,
     create_users_and_project,
+    free_port,
     login,
     make_live_env,
     post_message,
@@ -28,8 +29,12 @@ pytestmark = [pytest.mark.live, pytest.mark.redis]
 @pytest.fixture(scope="module")
 def split():
     env, close = make_live_env()
-    sockets = LiveServer(env, workers=1).start()
-    http = LiveServer(env, workers=2, http="granian",
+    page_port = free_port()
+    # The socket server accepts the pages' origin, on another port, only when
+    # told it (chatsite.origin).
+    sockets = LiveServer(env, workers=1, extra_env={
+        "CSRF_TRUSTED_ORIGINS": f"http://127.0.0.1:{page_port}"}).start()
+    http = LiveServer(env, port=page_port, workers=2, http="granian",
                       extra_env={"WS_PUBLIC_URL": sockets.ws_url}).start()
     yield env, http, sockets
     http.stop()

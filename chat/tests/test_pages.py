@@ -77,14 +77,15 @@ def test_non_member_gets_a_friendly_html_403_with_a_join_button(
     assert 'id="messages"' not in response.text
 
 
-def test_non_member_of_a_private_project_is_told_to_ask_for_an_invite(
+def test_non_member_of_a_private_project_gets_the_404_page(
     client_outsider, owner, send
 ):
+    # A private project is refused as a missing one (chat/tests/test_page_refusals.py).
     secret = do_create_project(owner, name="Secret", is_private=True)
     send(owner, secret, 1, prefix="classified")
     response = client_outsider.get(page_url(secret))
-    assert response.status_code == 403
-    assert "private project" in response.text
+    assert response.status_code == 404
+    assert "Secret" not in response.text
     assert "/join" not in response.text
     assert "classified" not in response.text
 

@@ -3,6 +3,11 @@
 pg_stat_statements counts every statement of every server process, so this is
 the view across all workers and machines; the slow-query log and the admin
 performance page only see what one process ran.
+
+The report shows statement shapes, never values: pg_stat_statements keeps each
+SELECT/INSERT/UPDATE/DELETE with its constants replaced by $1, $2, ... (and
+Django binds parameters server-side here anyway); the utility statements it
+keeps as written (SAVEPOINT, SET, ...) carry no user data in this app.
 """
 
 from django.core.management.base import BaseCommand, CommandError
