@@ -189,11 +189,11 @@ def published(monkeypatch):
     """Record what reaches the bus (from any thread), decoded, instead of publishing it."""
     import orjson
 
-    from chat import broadcast
+    from chat.realtime import notify
 
     events = []  # list.append is atomic: safe from concurrent sender threads
     monkeypatch.setattr(
-        broadcast, "publish",
+        notify, "publish",
         lambda project_id, data: events.append((project_id, orjson.loads(data))),
     )
     return events

@@ -17,7 +17,7 @@ def _signs_in_only(update_fields):
 @receiver(post_save, sender=User)
 @receiver(post_delete, sender=User)
 def drop_cached_user(sender, instance, update_fields=None, created=False, **kwargs):
-    from chat.broadcast import notify_access_ended
+    from chat.realtime.notify import notify_access_ended
 
     user_id = instance.pk
     if created:
@@ -35,7 +35,7 @@ def drop_cached_user(sender, instance, update_fields=None, created=False, **kwar
 
 @receiver(user_logged_out)
 def close_signed_out_sockets(sender, request, user, **kwargs):
-    from chat.broadcast import notify_access_ended
+    from chat.realtime.notify import notify_access_ended
 
     session_key = getattr(getattr(request, "session", None), "session_key", None)
     if user is not None and session_key:

@@ -85,7 +85,7 @@ def drive_publish(args):
     """Inject at a fixed rate straight onto each variant's bus, without the database.
 
     batched: the event broadcast_on_commit would publish, through the real
-    chat.broadcast.publish, with consecutive changed_seq after the project's
+    chat.realtime.notify.publish, with consecutive changed_seq after the project's
     number (so the hub never needs the database); afterwards the project's
     number is moved to the last one injected. baseline: one group_send per
     message, each a task of its own (issued in order, not awaited in turn).
@@ -97,7 +97,7 @@ def drive_publish(args):
     from django.utils import timezone
 
     from accounts.models import User
-    from chat import broadcast
+    from chat.realtime import notify
     from projects.models import Project
 
     user = User.objects.get(username=SENDER)
@@ -128,13 +128,13 @@ def drive_publish(args):
                 task.add_done_callback(pending.discard)
         else:
             def inject(m):
-                broadcast.publish(args.project, orjson.dumps({"kind": "change", "message": m}))
+                notify.publish(args.project, orjson.dumps({"kind": "change", "message": m}))
 
         # Warm up the connections outside the measurement (not bench messages).
         if args.variant == "baseline":
             inject({"content": "warmup", "changed_seq": 0})
         else:
-            broadcast.notify_typing(args.project, user)
+            notify.notify_typing(args.project, user)
         await asyncio.sleep(0.5)
         print("READY", flush=True)
         if not await loop.run_in_executor(None, sys.stdin.readline):
@@ -185,7 +185,8 @@ def drive_send(args):
     from django.db.backends.signals import connection_created
 
     from accounts.models import User
-    from chat import actions, broadcast
+    from chat import actions
+    from chat.realtime import notify
     from chat.serializers import serialize_message
 
     def session_settings(sender, connection, **kwargs):
@@ -214,7 +215,7 @@ def drive_send(args):
                 lambda: local.loop.run_until_complete(layer.group_send(group, event))
             )
 
-        broadcast.broadcast_on_commit = group_send_on_commit
+        notify.publish_change_on_commit = group_send_on_commit
 
     user = User.objects.get(username=SENDER)
     rate, count = args.rate, int(args.rate * args.duration)
@@ -540,7 +541,7 @@ def report(results, args, started, load_before, load_after):
          "same driver for both variants, only the fan-out after commit differs."
          if args.inject == "send" else
          "- injection (`--inject publish`): no database; the driver puts each message straight on "
-         "the variant's bus (batched: chat.broadcast.publish of the change event, consecutive "
+         "the variant's bus (batched: chat.realtime.notify.publish of the change event, consecutive "
          "changed_seq; baseline: one group_send per message)."),
         "",
         ("| variant | msg/s target (sent) | deliveries/s | frames/s | msgs/frame "

@@ -12,9 +12,29 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import broadcast, metrics
+from chat import metrics
 from chat.actions import check_send_message
-from chat.broadcast import db_task
+from chat.realtime.bus import get_bus
+from chat.realtime.frames import (
+    CLOSE_NO_PROJECT,
+    CLOSE_NOT_MEMBER,
+    CLOSE_NOT_SIGNED_IN,
+    CLOSE_TOO_BIG,
+    CLOSE_TOO_MANY_SOCKETS,
+    CLOSE_TOO_SLOW,
+    PONG,
+    encode_frame,
+    message_batch,
+)
+from chat.realtime.hub import (
+    access_events,
+    db_task,
+    get_registry,
+    join_project,
+    listen_for_revocations,
+)
+from chat.realtime.notify import notify_typing, session_fingerprint
+from chat.realtime.revocation import recheck
 from chat.selectors import get_changes_after
 from chat.serializers import serialize_message, serialize_messages
 from chatsite.errors import ChatError, Forbidden, NotFound
@@ -24,15 +44,6 @@ from projects.actions import do_mark_read
 
 logger = logging.getLogger(__name__)
 
-CLOSE_NOT_SIGNED_IN = 4401
-CLOSE_NOT_MEMBER = 4403
-CLOSE_NO_PROJECT = 4404
-CLOSE_TOO_MANY_SOCKETS = 4429
-CLOSE_TOO_SLOW = 4008
-CLOSE_TOO_BIG = 1009
-# Access could not be checked again after a revocation (database away): the
-# socket closes as "try again later", and the client reconnects with `after`.
-CLOSE_ACCESS_CHECK_FAILED = 1013
 TYPING_MIN_INTERVAL = 2.0
 
 
@@ -78,7 +89,7 @@ def mark_read(user, project_id, seq):
 class ProjectConsumer(AsyncWebsocketConsumer):
     """Thin: parse, check, then hand the socket to its project's hub."""
 
-    # Changes reach sockets through their project's hub (chat.broadcast), never
+    # Changes reach sockets through their project's hub (chat.realtime), never
     # through the channel layer: no channel per socket (with the Redis layer,
     # one pub/sub subscription per socket, opened and closed with it).
     channel_layer_alias = None
@@ -110,12 +121,12 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         session = self.scope.get("session")
         self.session_key = getattr(session, "session_key", None)
         if self.session_key:
-            self.session_hash = broadcast.session_fingerprint(self.session_key)
+            self.session_hash = session_fingerprint(self.session_key)
         self.held = []
         # Revocations heard while this socket is checked and joined are
         # checked again once it is in its hub (it was not there to be held).
-        await broadcast.listen_for_revocations()
-        events_before = broadcast.access_events()
+        await listen_for_revocations()
+        events_before = access_events()
         if not await self.claim_socket():
             return await self.close_with(CLOSE_TOO_MANY_SOCKETS)
         try:
@@ -126,19 +137,19 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         except Forbidden:
             return await self.close_with(CLOSE_NOT_MEMBER)
         after = self._after()
-        self.hub = await broadcast.join_project(self.project_id, self)
+        self.hub = await join_project(self.project_id, self)
         metrics.WEBSOCKET_CONNECTIONS_ACTIVE.inc()
-        if broadcast.access_events() != events_before:
-            broadcast.get_registry().recheck([self], project_id=project.pk, session=True)
+        if access_events() != events_before:
+            recheck(get_registry(), [self], project_id=project.pk, session=True)
         upto = self.hub.flushed_seq
-        await self.send(text_data=broadcast.encode_frame(
+        await self.send(text_data=encode_frame(
             {"type": "hello", "project_id": self.project_id, "seq": upto}
         ))
         if after is not None:
             await self.replay(after, upto)
         # A client ahead of this hub (it read the API) skips frames it already has.
         self.skip_upto = after if after is not None and after > upto else 0
-        await self.send(text_data=self.hub.presence_frame())
+        await self.send(text_data=self.hub.presence.frame())
         self.writer = asyncio.get_running_loop().create_task(self.write_frames())
 
     def _after(self):
@@ -159,13 +170,13 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         messages, has_more = await read_replay(self.project_id, after, upto, limit)
         if has_more:
             metrics.REPLAYS.labels("resync").inc()
-            await self.send(text_data=broadcast.encode_frame({"type": "resync_required"}))
+            await self.send(text_data=encode_frame({"type": "resync_required"}))
             return
         metrics.REPLAYS.labels("replayed").inc()
         size = settings.BROADCAST_MAX_BATCH
         for start in range(0, len(messages), size):
             chunk = messages[start : start + size]
-            await self.send(text_data=broadcast.encode_frame(
+            await self.send(text_data=encode_frame(
                 {"type": "message_batch", "messages": chunk}
             ))
 
@@ -176,7 +187,7 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         guards against a flood, not a single user's tabs.
         """
         socket_id = uuid.uuid4().hex
-        bus = broadcast.get_bus()
+        bus = get_bus()
         try:
             count = await bus.claim_socket(self.user_id, socket_id)
         except Exception:  # noqa: BLE001
@@ -193,7 +204,7 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         if socket_id is None:
             return
         try:
-            await broadcast.get_bus().release_socket(self.user_id, socket_id)
+            await get_bus().release_socket(self.user_id, socket_id)
         except Exception:  # noqa: BLE001 - its count expires by itself
             logger.info("event=socket_release_failed")
 
@@ -222,7 +233,7 @@ class ProjectConsumer(AsyncWebsocketConsumer):
             # Rare: a batch straddling where this client already is; send
             # only what it lacks.
             batch = [m for m in batch if m["changed_seq"] > self.skip_upto]
-            frame = broadcast.encode_frame({"type": "message_batch", "messages": batch})
+            frame = message_batch(batch)
         self.push_frame(frame)
 
     def push_frame(self, frame):
@@ -242,7 +253,7 @@ class ProjectConsumer(AsyncWebsocketConsumer):
             metrics.SLOW_CLIENTS_CLOSED.inc()
             self.close_now(CLOSE_TOO_SLOW)
 
-    # -- revocation (chat.broadcast: the registry holds, checks, then releases or revokes) --
+    # -- revocation (chat.realtime.revocation holds, checks, then releases or revokes) --
     def hold(self):
         """Keep frames back until the access check under way ends."""
         self.holds += 1
@@ -295,7 +306,7 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         frame = {"type": "error", "code": code, "message": message}
         if client_msg_id is not None:
             frame["client_msg_id"] = client_msg_id
-        self.push_frame(broadcast.encode_frame(frame))
+        self.push_frame(encode_frame(frame))
 
     # -- incoming --
     async def receive(self, text_data=None, bytes_data=None):
@@ -342,7 +353,7 @@ class ProjectConsumer(AsyncWebsocketConsumer):
             return await self.send_error(
                 "unavailable", "The message was not stored; try again shortly.", client_msg_id
             )
-        self.push_frame(broadcast.encode_frame(
+        self.push_frame(encode_frame(
             {"type": "ack", "client_msg_id": message["client_msg_id"], "message": message}
         ))
 
@@ -351,7 +362,7 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         if now - self.last_typing < TYPING_MIN_INTERVAL:
             return
         self.last_typing = now
-        await sync_to_async(broadcast.notify_typing, thread_sensitive=False)(
+        await sync_to_async(notify_typing, thread_sensitive=False)(
             self.project_id, self.user
         )
 
@@ -365,4 +376,4 @@ class ProjectConsumer(AsyncWebsocketConsumer):
             await self.send_error(error.code, error.message)
 
     async def ping(self, event):
-        self.push_frame('{"type":"pong"}')
+        self.push_frame(PONG)

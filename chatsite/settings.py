@@ -1,7 +1,7 @@
 """Settings for the chat service: one module, driven by the environment.
 
 Without DATABASE_URL and REDIS_URL the service runs on the embedded default
-(SQLite, local-memory cache, in-memory channel layer). With them it runs in
+(SQLite, local-memory cache, the process's own bus). With them it runs in
 production shape (PostgreSQL with psycopg's pool, Redis for cache, sessions and
 the broadcast bus). See .env.example for every variable and its default.
 """
@@ -178,7 +178,7 @@ USER_LOCAL_CACHE_SECONDS = env("USER_LOCAL_CACHE_SECONDS", 0.0, float)
 # what it read before the revocation (chatsite/retired.py).
 REFILL_GUARD_SECONDS = env("REFILL_GUARD_SECONDS", 10, int)
 
-# --- Cache, sessions, channel layer --------------------------------------------
+# --- Cache and sessions (no channel layer: sockets get changes from chat.realtime) --
 CACHE_TTL = env("CACHE_TTL", 300, int)
 # Off only to measure the uncached path (bench/http_bench.py).
 CACHE_HOT_READS = env("CACHE_HOT_READS", True, bool)
@@ -223,12 +223,6 @@ if REDIS_URL:
     DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
     SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
     SESSION_CACHE_ALIAS = "sessions"
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
-        }
-    }
 else:
     CACHES = {
         "default": {
@@ -237,7 +231,6 @@ else:
         }
     }
     SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # --- Chat behaviour -------------------------------------------------------------
 MESSAGE_MAX_LENGTH = env("MESSAGE_MAX_LENGTH", 10000, int)
@@ -267,8 +260,10 @@ WS_RATE_PER_SECOND = env("WS_RATE_PER_SECOND", 10.0, float)
 WS_RATE_BURST = env("WS_RATE_BURST", 30, int)
 # Open sockets per user across every process (close 4429 beyond): a flood guard.
 WS_MAX_SOCKETS_PER_USER = env("WS_MAX_SOCKETS_PER_USER", 30, int)
-# Threads per process for the sockets' database work (sends, replays, checks).
-WS_DB_THREADS = env("WS_DB_THREADS", 16, int)
+# Threads per socket-server process for blocking publishes off the event loop
+# (presence and typing, a Redis round trip each). The sockets' database work
+# (sends, replays, access checks) runs on Channels' one database thread.
+WS_PUBLISH_THREADS = env("WS_PUBLISH_THREADS", 16, int)
 LOGIN_FAILURE_LIMIT = env("LOGIN_FAILURE_LIMIT", 5, int)
 # Proxies in front of the app whose X-Forwarded-For entries are believed (0: the
 # header is ignored); sign-in failures are counted per client address behind them.

@@ -4,7 +4,7 @@ Every way project access ends — a member leaves or is removed, a project is
 deactivated, made private or otherwise edited — passes through these receivers,
 whatever wrote it (the API, the admin, the shell): the access entries are
 retired (chatsite.retired), the versions of the lists bumped, and the sockets
-concerned checked again in every process (chat.broadcast.notify_access_ended).
+concerned checked again in every process (chat.realtime.notify.notify_access_ended).
 """
 
 from django.db import transaction
@@ -34,7 +34,7 @@ def membership_changed(sender, instance, **kwargs):
     invalidate()
     transaction.on_commit(invalidate)
     if kwargs.get("signal") is post_delete:
-        from chat.broadcast import notify_access_ended
+        from chat.realtime.notify import notify_access_ended
 
         notify_access_ended(project_id=project_id, user_ids=[user_id])
 
@@ -51,7 +51,7 @@ def project_changes_committed(project_ids):
 
     Call inside the transaction that changed them (projects.actions does).
     """
-    from chat.broadcast import notify_access_ended
+    from chat.realtime.notify import notify_access_ended
 
     project_ids = list(project_ids)
 

@@ -7,7 +7,8 @@ import uuid
 import pytest
 from django.conf import settings
 
-from chat import broadcast
+from chat.realtime import bus
+from chat.realtime import hub as realtime_hub
 
 pytestmark = pytest.mark.redis
 
@@ -34,15 +35,15 @@ async def _hubs_starting_at_once(project_ids):
     return {project id: what its hub heard}."""
     import redis
 
-    registry = broadcast.get_registry()
+    registry = realtime_hub.get_registry()
     hubs = {pid: FakeHub() for pid in project_ids}
     registry.hubs.update(hubs)
-    subscriber = broadcast._Subscriber(settings.REDIS_URL)
+    subscriber = bus._Subscriber(settings.REDIS_URL)
     publisher = redis.Redis.from_url(settings.REDIS_URL)
     try:
         await asyncio.gather(*(subscriber.subscribe(pid) for pid in project_ids))
         for pid in project_ids:
-            publisher.publish(broadcast.bus_channel(pid), f"hello {pid}".encode())
+            publisher.publish(bus.bus_channel(pid), f"hello {pid}".encode())
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline and not all(h.received for h in hubs.values()):
             await asyncio.sleep(0.02)
@@ -66,15 +67,15 @@ async def _replaced_hub_keeps_the_channel():
     unsubscribe must not undo the new hub's subscription."""
     import redis
 
-    registry = broadcast.get_registry()
-    subscriber = broadcast._Subscriber(settings.REDIS_URL)
+    registry = realtime_hub.get_registry()
+    subscriber = bus._Subscriber(settings.REDIS_URL)
     publisher = redis.Redis.from_url(settings.REDIS_URL)
     new_hub = FakeHub()
     try:
         await subscriber.subscribe(7)
         registry.hubs[7] = new_hub  # the new hub registered before the old one's unsubscribe ran
         await asyncio.gather(subscriber.subscribe(7), subscriber.unsubscribe(7))
-        publisher.publish(broadcast.bus_channel(7), b"still here")
+        publisher.publish(bus.bus_channel(7), b"still here")
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline and not new_hub.received:
             await asyncio.sleep(0.02)

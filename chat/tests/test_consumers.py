@@ -11,8 +11,9 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
-from chat import broadcast
 from chat.models import Message
+from chat.realtime import frames
+from chat.realtime import hub as realtime_hub
 from chat.routing import websocket_urlpatterns
 from chatsite.origin import StrictOriginValidator
 
@@ -154,7 +155,11 @@ async def test_foreign_or_missing_origin_is_refused(member, project, origin):
 # --- live delivery and batching -----------------------------------------------------
 
 
+@override_settings(CHANNEL_LAYERS={
+    "default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}})
 async def test_a_socket_opens_no_channel_layer_channel(member, owner, project, monkeypatch):
+    """Even with a channel layer configured (the service configures none), a
+    socket asks it for nothing: changes come through the project hub."""
     from channels.layers import get_channel_layer
 
     def no_channel(*args, **kwargs):
@@ -252,14 +257,14 @@ async def test_a_close_change_for_few_sockets_is_not_held(member, owner, project
 
 async def test_batch_is_encoded_once_for_all_recipients(member, owner, project, monkeypatch):
     calls = []
-    original = broadcast.encode_frame
+    original = frames.encode_frame
 
     def counting(payload):
         if payload.get("type") == "message_batch":
             calls.append(payload)
         return original(payload)
 
-    monkeypatch.setattr(broadcast, "encode_frame", counting)
+    monkeypatch.setattr(frames, "encode_frame", counting)
     sockets = [await open_socket(u, project.pk) for u in (member, owner, member)]
     await send_as(owner, project, 1)
     for comm in sockets:
@@ -271,7 +276,7 @@ async def test_batch_is_encoded_once_for_all_recipients(member, owner, project, 
 
 async def test_out_of_order_publishes_are_delivered_in_changed_seq_order(member, project):
     comm = await open_socket(member, project.pk)
-    hub = broadcast.get_registry().hubs[project.pk]
+    hub = realtime_hub.get_registry().hubs[project.pk]
     base = hub.last_seq
 
     def msg(cs):
@@ -289,7 +294,7 @@ async def test_out_of_order_publishes_are_delivered_in_changed_seq_order(member,
 
 async def test_gap_is_filled_from_the_database(member, owner, project):
     comm = await open_socket(member, project.pk)
-    hub = broadcast.get_registry().hubs[project.pk]
+    hub = realtime_hub.get_registry().hubs[project.pk]
     real_feed = hub.feed_raw
     dropped = []
 
@@ -314,7 +319,7 @@ async def test_large_catch_up_comes_in_few_frames_and_closes_no_socket(member, o
     # times this socket's queue; catch-up frames carry up to CATCH_UP_FRAME.
     with override_settings(WS_SEND_QUEUE_FRAMES=3):
         comm = await open_socket(member, project.pk)
-    hub = broadcast.get_registry().hubs[project.pk]
+    hub = realtime_hub.get_registry().hubs[project.pk]
     hub.feed_raw = lambda data: None  # the bus is down
     with override_settings(BROADCAST_MAX_BATCH=1):
         await send_as(owner, project, 30)
@@ -513,7 +518,7 @@ async def test_client_that_does_not_read_is_closed_4008_others_keep_receiving(
     with override_settings(WS_SEND_QUEUE_FRAMES=3):
         slow = await open_socket(member, project.pk)
     slow_consumer = next(
-        c for c in broadcast.get_registry().hubs[project.pk].consumers
+        c for c in realtime_hub.get_registry().hubs[project.pk].consumers
         if c.user_id == member.pk
     )
 

@@ -19,8 +19,8 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client, override_settings
 
-from chat import broadcast
-from chat.consumers import (
+from chat.realtime import notify
+from chat.realtime.frames import (
     CLOSE_NOT_MEMBER,
     CLOSE_NOT_SIGNED_IN,
     CLOSE_TOO_MANY_SOCKETS,
@@ -252,8 +252,8 @@ async def test_a_spurious_revocation_closes_nothing_and_holds_nothing_back(peopl
 
     def spurious():
         with transaction.atomic():
-            broadcast.notify_access_ended(project_id=project.pk)
-            broadcast.notify_access_ended(user_id=people["member"].pk)
+            notify.notify_access_ended(project_id=project.pk)
+            notify.notify_access_ended(user_id=people["member"].pk)
 
     await sync_to_async(spurious)()
     await send(people["owner"], project.pk, "still a member")
@@ -268,18 +268,20 @@ async def test_a_revocation_heard_while_connecting_is_checked_again(people, proj
     from projects.actions import do_leave_project
 
     member = people["member"]
-    real_join = broadcast.join_project
+    from chat import consumers
+
+    real_join = consumers.join_project
 
     async def join_after_the_leave(project_id, consumer):
         await sync_to_async(do_leave_project)(member, project_id)
         await asyncio.sleep(0.05)  # the event is heard before the socket is in its hub
         return await real_join(project_id, consumer)
 
-    broadcast.join_project = join_after_the_leave
+    consumers.join_project = join_after_the_leave
     try:
         member_socket = await open_socket(people["clients"]["member"], project.pk)
     finally:
-        broadcast.join_project = real_join
+        consumers.join_project = real_join
     _, code = await frames_until_close(member_socket)
     assert code == CLOSE_NOT_MEMBER
 
