@@ -186,7 +186,6 @@ def drive_send(args):
 
     from accounts.models import User
     from chat import actions
-    from chat.realtime import notify
     from chat.serializers import serialize_message
 
     def session_settings(sender, connection, **kwargs):
@@ -215,7 +214,7 @@ def drive_send(args):
                 lambda: local.loop.run_until_complete(layer.group_send(group, event))
             )
 
-        notify.publish_change_on_commit = group_send_on_commit
+        actions.publish_change_on_commit = group_send_on_commit
 
     user = User.objects.get(username=SENDER)
     rate, count = args.rate, int(args.rate * args.duration)

@@ -6,19 +6,20 @@ so commit order equals number order and a rolled-back change gives its number
 back (no gaps). Broadcasts are queued with transaction.on_commit.
 """
 
+import math
 import uuid
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from chat import broadcast
 from chat.mentions import find_mentions
 from chat.models import Mention, Message
+from chat.realtime.notify import publish_change_on_commit
 from chat.selectors import warm_first_page
 from chat.serializers import serialize_message
-from chatsite.cache import bump_version
-from chatsite.errors import Conflict, Invalid
+from chatsite.cache import bump_version, count_in_window, uncount
+from chatsite.errors import Conflict, Invalid, NotFound, RateLimited
 from projects.access import access_project_cached
 from projects.models import Membership
 
@@ -44,11 +45,17 @@ def notify_change(message):
     """
     project_id = message.project_id
     item = serialize_message(message)
-    broadcast.broadcast_on_commit(message, item)
+    publish_change_on_commit(message, item)
     transaction.on_commit(lambda: refresh_project_reads(project_id, item))
 
 
 def refresh_project_reads(project_id, item=None):
+    """After commit: retire the project's cached reads and warm its first page.
+
+    A bump that fails (Redis away) is tried again and then owed by this process
+    until the cache takes it (chatsite.cache.bump_version): no warm then, and
+    readers build from the database.
+    """
     version = bump_version("project", project_id)
     if version is not None:
         warm_first_page(project_id, version, item)
@@ -95,11 +102,60 @@ def check_send_message(user, project_id, content, client_msg_id=None):
 
     Membership is checked against the cached access entry, as the hot reads
     are (no query while it is cached; membership and project changes drop it).
+    HTTP and socket sends both come here, so they share the sender's rate
+    limit (check_send_rate).
     """
     access_project_cached(user, project_id)
     content = check_content(content)
     client_msg_id = check_client_msg_id(client_msg_id)
-    return do_send_message(user, project_id, content, client_msg_id)
+    try:
+        counted = check_send_rate(user)
+    except RateLimited:
+        # A retry of an acknowledged send gets its answer, not a 429.
+        existing = _existing(user, client_msg_id, project_id) if client_msg_id else None
+        if existing is None:
+            raise
+        return existing, False
+    message, created = do_send_message(user, project_id, content, client_msg_id)
+    if not created and counted is not None:
+        # A retry stores nothing, so it gives its count back: concurrent
+        # retries of one send must not use up the sender's allowance.
+        uncount(counted, _send_rate()[1])
+    return message, created
+
+
+def _send_rate():
+    """(messages allowed, per seconds): the per-user send limit's settings."""
+    return settings.SEND_RATE_PER_USER, settings.SEND_RATE_WINDOW_SECONDS
+
+
+def check_send_rate(user):
+    """Count a send against the user's limit or raise RateLimited (429, `rate_limited`).
+
+    Return the counter's key (to give the count back), or None when nothing
+    was counted. SEND_RATE_PER_USER sends per SEND_RATE_WINDOW_SECONDS per
+    user, HTTP and sockets together (a socket's own token bucket is per
+    socket; 0 turns the limit off). A fixed window counted in the cache: one
+    INCR, pipelined with its EXPIRE, per send -- one Redis round trip. A fixed
+    window lets a burst of up to twice the limit straddle a window's end; a
+    token bucket would not, but needs a script for no gain against a flood.
+    The limiter fails open: with the cache unreachable sends are not limited
+    -- a chat send must not fail because its limiter could not count, and the
+    per-socket buckets still hold.
+    """
+    limit, window = _send_rate()
+    if limit <= 0:
+        return None
+    counted = count_in_window(f"send-rate:{user.pk}", window)
+    if counted is None:
+        return None
+    count, key, left = counted
+    if count > limit:
+        raise RateLimited(
+            f"You are sending too fast: at most {limit} messages every {window} seconds.",
+            retry_after=max(1, math.ceil(left)),
+        )
+    return key
 
 
 def _existing(user, client_msg_id, project_id):
@@ -148,10 +204,37 @@ def do_send_message(user, project_id, content, client_msg_id=None):
     return message, True
 
 
+def _read_again_under_lock(message):
+    """Read the message's row again. Call after take_next_seq, in its transaction.
+
+    `message` may have been read before the project row lock was taken, and a
+    delete or edit may have committed since. Every change of a message takes
+    its project's row lock first, so the row read now (a new statement: a new
+    snapshot, with every change committed before the lock) stays as it is until
+    this transaction commits; no FOR UPDATE is needed.
+    """
+    try:
+        message.refresh_from_db(fields=["content", "changed_seq", "edited_at", "deleted_at"])
+    except Message.DoesNotExist:
+        raise NotFound("No such message.") from None
+
+
 def do_edit_message(message, content):
-    """Replace a message's content under the project's next number."""
+    """Replace a message's content under the project's next number.
+
+    A deleted message is not edited: NotFound (404, "This message was
+    deleted."), also when the delete committed after `message` was read (the
+    row is read again under the lock), so an edit never brings a deleted text
+    back into the row, the broadcast or the cached pages. 404 rather than 409:
+    a deleted message is gone for its readers, and the API answered an edit of
+    a deleted message 404 before; a race answers the same. The refusal rolls
+    back, giving the number back: nothing is broadcast or retired.
+    """
     with transaction.atomic():
         seq = take_next_seq(message.project_id)
+        _read_again_under_lock(message)
+        if message.deleted_at is not None:
+            raise NotFound("This message was deleted.")
         old_content = message.content
         message.content = content
         message.changed_seq = seq
@@ -162,17 +245,32 @@ def do_edit_message(message, content):
     return message
 
 
+class _AlreadyDeleted(Exception):
+    """Rolls a delete of a deleted message back (its number included)."""
+
+
 def do_delete_message(message):
-    """Leave a tombstone in the message's place under the project's next number."""
-    with transaction.atomic():
-        seq = take_next_seq(message.project_id)
-        if "@" in message.content:
-            Mention.objects.filter(message_id=message.pk).delete()
-        message.content = ""
-        message.changed_seq = seq
-        message.deleted_at = timezone.now()
-        message.save(update_fields=["content", "changed_seq", "deleted_at", "updated_at"])
-        notify_change(message)
+    """Leave a tombstone in the message's place under the project's next number.
+
+    Deleting a deleted message (also one deleted after `message` was read)
+    changes nothing: no number, no broadcast; the message is returned as it is
+    (the API answers 204 either way: a delete is idempotent).
+    """
+    try:
+        with transaction.atomic():
+            seq = take_next_seq(message.project_id)
+            _read_again_under_lock(message)
+            if message.deleted_at is not None:
+                raise _AlreadyDeleted
+            if "@" in message.content:
+                Mention.objects.filter(message_id=message.pk).delete()
+            message.content = ""
+            message.changed_seq = seq
+            message.deleted_at = timezone.now()
+            message.save(update_fields=["content", "changed_seq", "deleted_at", "updated_at"])
+            notify_change(message)
+    except _AlreadyDeleted:
+        pass  # rolled back: the number taken is given back
     return message
 
 

@@ -102,9 +102,13 @@ def json_body(body):
 
 
 @router.post("/messages", response={200: dict, 201: dict}, openapi_extra=documented(
-    {200: "Message", 201: "Message"}, (*BODY_ERRORS, *UNSAFE, 404, 409)))
+    {200: "Message", 201: "Message"}, (*BODY_ERRORS, *UNSAFE, 404, 409, 429)))
 def send_message(request, payload: MessageIn):
-    """Send a message; a repeated client_msg_id answers 200 with the existing one."""
+    """Send a message; a repeated client_msg_id answers 200 with the existing one.
+
+    Sends are limited per user, HTTP and sockets together: over the limit, 429
+    `rate_limited` with Retry-After, and nothing is stored.
+    """
     message, created = actions.check_send_message(
         request.user, payload.project_id, payload.content, payload.client_msg_id
     )
@@ -131,7 +135,7 @@ def _describe_seconds(seconds):
 @router.patch("/messages/{int:message_id}", openapi_extra=documented(
     {200: "Message"}, (*BODY_ERRORS, *UNSAFE, 404)))
 def edit_message(request, message_id: int, payload: EditIn):
-    """The author edits a message within the edit window."""
+    """The author edits a message within the edit window; a deleted message is 404."""
     message, _ = _own_message(request, message_id)
     if message.author_id != request.user.pk:
         raise Forbidden("Only the author can edit a message.")
@@ -150,7 +154,10 @@ def edit_message(request, message_id: int, payload: EditIn):
 @router.delete("/messages/{int:message_id}", response={204: None},
                openapi_extra=documented({204: None}, (*UNSAFE, 404)))
 def delete_message(request, message_id: int):
-    """The author or a project admin deletes a message, leaving a tombstone."""
+    """The author or a project admin deletes a message, leaving a tombstone.
+
+    Deleting a deleted message answers 204 and changes nothing.
+    """
     message, membership = _own_message(request, message_id)
     if message.author_id != request.user.pk and not membership.is_admin:
         raise Forbidden("Only the author or a project admin can delete a message.")

@@ -253,18 +253,34 @@ def _apply_change(body, item, limit):
     return orjson.dumps(page)
 
 
+def is_cached_history_form(before, after, limit):
+    """Whether this cursor-history read is one worth caching: the first page at
+    the limit the clients ask for (chat.js, the load test and the hot path's
+    default all read limit=50, or no limit).
+
+    Every cached form is a key of up to a couple of megabytes for CACHE_TTL,
+    so a member varying before=, after= or limit could fill the cache: those
+    reads go to the database (one indexed query) uncached.
+    """
+    return before is None and after is None and limit == FIRST_PAGE_LIMIT
+
+
 def get_history_body(user, project_id, *, before=None, after=None, limit=50):
     """Check access, then return the encoded cursor-history JSON.
 
-    The access entry, the project's version and the cached body come in one
-    cache round trip; the body is built once per project version. Permission
-    is checked on every request; only the body is shared.
+    The first page (is_cached_history_form): the access entry, the project's
+    version and the cached body come in one cache round trip; the body is built
+    once per project version. Other forms: the access entry, then the
+    database. Permission is checked on every request; only the body is shared.
     """
     from projects.access import access_key, access_project_cached
 
     def build():
         return build_history_body(project_id, before=before, after=after, limit=limit)
 
+    if not is_cached_history_form(before, after, limit):
+        access_project_cached(user, project_id)
+        return build()
     akey = access_key(user.pk, project_id)
     return get_slot(
         history_slot(project_id, before, after, limit), "project", project_id, build,
@@ -273,14 +289,24 @@ def get_history_body(user, project_id, *, before=None, after=None, limit=50):
     )
 
 
+CACHED_PAGE, CACHED_PER_PAGE = 1, 50  # projects.api.page_params' defaults
+
+
 def get_message_page_body(user, project_id, *, page, per_page):
-    """Check access, then return the encoded page-numbered history JSON."""
+    """Check access, then return the encoded page-numbered history JSON.
+
+    Only the first page at the default per_page is cached (as the cursor
+    history's first page is: other pages and sizes are not worth a key each).
+    """
     from projects.access import access_key, access_project_cached
 
     def build():
         rows, total = get_message_page(project_id, page=page, per_page=per_page)
         return orjson.dumps(page_numbered(serialize_messages(rows), total, page, per_page))
 
+    if (page, per_page) != (CACHED_PAGE, CACHED_PER_PAGE):
+        access_project_cached(user, project_id)
+        return build()
     akey = access_key(user.pk, project_id)
     return get_slot(
         make_key("page", project_id, page, per_page), "project", project_id, build,

@@ -8,11 +8,13 @@
   request takes a short lock (``cache.add``), the others wait briefly for its
   result and only build themselves if it does not come.
 * Redis errors never fail a request: every call here catches them, logs them
-  and counts them, and the caller falls back to the database.
+  and counts them, and the caller falls back to the database. A version bump
+  that fails is tried again, then owed until Redis takes it (bump_version).
 """
 
 import functools
 import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -86,6 +88,7 @@ def _fresh_version():
 
 def get_versions(scope, idents):
     """Return {ident: version} for many ids in one round trip; creates missing ones."""
+    pay_owed_bumps()
     keys = {version_key(scope, i): i for i in idents}
     found = safe_get_many(list(keys))
     versions = {}
@@ -106,23 +109,174 @@ def get_version(scope, ident):
     return get_versions(scope, [ident])[ident]
 
 
+def _incr_version(key):
+    """Bump one version key (raises on a cache error)."""
+    try:
+        return cache.incr(key)
+    except ValueError:  # missing: start fresh
+        value = _fresh_version()
+        cache.set(key, value, None)
+        return value
+
+
 def bump_version(scope, ident):
     """Retire every key built on this version. Call after commit.
 
     Return the new version, or None when the cache could not be written.
+
+    A bump that fails leaves the bodies built before the change current until
+    their TTL: readers, and the hot path (chatsite.hotpath), would keep serving
+    a page without the change that was just acknowledged. So a failed bump is
+    tried again at once (a blip of one connection), and if that fails too it is
+    *owed* (_owe_bump): this process pays it as soon as the cache takes writes
+    again -- before its next bump, version read or slot read, and from a retry
+    thread once a second, so it is paid even when no request comes -- and until
+    then this process's Django reads of the scope skip the cache (get_slot), as
+    the database is the only current answer. What this cannot cover: another
+    process's hot path answering from a Redis that comes back before this
+    process has paid (at most the retry interval), or this process exiting
+    first (until CACHE_TTL). Nothing better is possible without Redis: the
+    entries to retire are in it.
     """
+    pay_owed_bumps()
     key = version_key(scope, ident)
-    try:
+    # No second try when an owed bump failed again within OWED_RETRY_SECONDS:
+    # the cache is down, not blipping, and a try would only wait out a timeout.
+    for _attempt in range(1 if _cache_failing() else 2):
         try:
-            return cache.incr(key)
-        except ValueError:  # missing: start fresh
-            value = _fresh_version()
-            cache.set(key, value, None)
-            return value
+            return _incr_version(key)
+        except Exception:  # noqa: BLE001
+            CACHE_ERRORS.labels("incr").inc()
+            logger.warning("event=cache_error op=incr key=%s", key, exc_info=True)
+    _owe_bump(scope, ident)
+    return None
+
+
+# --- bumps owed: failed twice, paid when the cache takes writes again ---------------
+
+OWED_RETRY_SECONDS = 1.0
+_owed = {}  # (scope, ident) -> (serial, monotonic time) of its latest failure
+_owed_serials = itertools.count()
+_owed_state = {"next_try": 0.0, "retrier": None}
+_owed_guard = threading.Lock()
+
+
+def _owe_bump(scope, ident):
+    with _owed_guard:
+        # (serial, when): a failure recorded while a payment is in flight stays owed.
+        _owed[(scope, ident)] = (next(_owed_serials), time.monotonic())
+        if _owed_state["retrier"] is None:
+            retrier = threading.Thread(target=_retry_owed, name="owed-bumps", daemon=True)
+            _owed_state["retrier"] = retrier
+            retrier.start()
+    logger.error("event=version_bump_owed scope=%s ident=%s", scope, ident)
+
+
+def is_bump_owed(scope, ident):
+    """Whether this process owes the scope a bump (its cached reads may be stale)."""
+    return bool(_owed) and (scope, ident) in _owed
+
+
+def _cache_failing():
+    return bool(_owed) and time.monotonic() < _owed_state["next_try"]
+
+
+def pay_owed_bumps(*, force=False):
+    """Bump the versions whose bump failed, if the cache takes writes now. Never raises.
+
+    No cost when nothing is owed; while the cache still fails, tried at most
+    once per OWED_RETRY_SECONDS (a request must not wait out a dead Redis twice).
+    A bump owed for longer than CACHE_TTL is dropped: every entry built before
+    its change has expired by then.
+    """
+    if not _owed:
+        return
+    now = time.monotonic()
+    with _owed_guard:
+        if not force and now < _owed_state["next_try"]:
+            return
+        owed = list(_owed.items())
+    for scope_ident, mark in owed:
+        if now - mark[1] <= ttl():
+            try:
+                _incr_version(version_key(*scope_ident))
+            except Exception:  # noqa: BLE001 - still down: a later try pays
+                CACHE_ERRORS.labels("incr").inc()
+                logger.warning("event=cache_error op=incr_owed", exc_info=True)
+                with _owed_guard:
+                    _owed_state["next_try"] = time.monotonic() + OWED_RETRY_SECONDS
+                return
+        with _owed_guard:
+            if _owed.get(scope_ident) == mark:
+                del _owed[scope_ident]
+
+
+def _retry_owed():
+    """The retry thread: pays owed bumps once a second until none is owed."""
+    while True:
+        time.sleep(OWED_RETRY_SECONDS)
+        pay_owed_bumps(force=True)
+        with _owed_guard:
+            if not _owed:
+                _owed_state["retrier"] = None
+                return
+
+
+# --- counters --------------------------------------------------------------------------
+
+
+def count_in_window(name, window_seconds):
+    """Count one event on a fixed-window counter (one round trip to Redis).
+
+    Return (count in this window, counter key, seconds left in the window), or
+    None when the cache could not count (the caller decides whether to fail open).
+    """
+    now = time.time()
+    key = f"{name}:{int(now // window_seconds)}"
+    left = window_seconds - now % window_seconds
+    try:
+        if _is_redis():
+            # INCR and EXPIRE pipelined: one round trip. The window number is in
+            # the key, so renewing its expiry on every count is harmless.
+            full_key = cache.make_key(key)
+            pipe = cache.client.get_client(write=True).pipeline(transaction=False)
+            pipe.incr(full_key)
+            pipe.expire(full_key, int(window_seconds) + 1)
+            count = pipe.execute()[0]
+        else:
+            cache.add(key, 0, window_seconds + 1)
+            try:
+                count = cache.incr(key)
+            except ValueError:  # expired between add and incr
+                cache.set(key, 1, window_seconds + 1)
+                count = 1
     except Exception:  # noqa: BLE001
-        CACHE_ERRORS.labels("incr").inc()
-        logger.warning("event=cache_error op=incr key=%s", key, exc_info=True)
+        CACHE_ERRORS.labels("count").inc()
+        logger.warning("event=cache_error op=count key=%s", key[:100], exc_info=True)
         return None
+    return count, key, left
+
+
+def uncount(key, window_seconds):
+    """Take back one event counted by count_in_window under `key`. Never raises."""
+    try:
+        if _is_redis():
+            full_key = cache.make_key(key)
+            pipe = cache.client.get_client(write=True).pipeline(transaction=False)
+            pipe.decr(full_key)
+            pipe.expire(full_key, int(window_seconds) + 1)
+            pipe.execute()
+        else:
+            cache.decr(key)
+    except ValueError:  # the window's counter is gone already
+        pass
+    except Exception:  # noqa: BLE001
+        CACHE_ERRORS.labels("uncount").inc()
+        logger.warning("event=cache_error op=uncount key=%s", key[:100], exc_info=True)
+
+
+def _is_redis():
+    return settings.CACHES["default"]["BACKEND"] == "django_redis.cache.RedisCache"
 
 
 # --- one rebuild per burst -------------------------------------------------------------
@@ -214,13 +368,15 @@ def get_slot(slot, scope, ident, build, *, name="read", extra_keys=(), check=Non
     One round trip fetches the version, the slot and any extra keys the caller
     needs; ``check(extras)`` runs before anything is served or built (an access
     check that raises). The slot holds (version, value) and is used only when
-    its version is current, else rebuilt once per burst.
+    its version is current, else rebuilt once per burst. While this process owes
+    the scope a bump (bump_version), the read is built from the database.
     """
+    pay_owed_bumps()
     vkey = version_key(scope, ident)
     found = safe_get_many([vkey, slot, *extra_keys])
     if check is not None:
         check({k: found.get(k) for k in extra_keys})
-    if not settings.CACHE_HOT_READS:
+    if not settings.CACHE_HOT_READS or is_bump_owed(scope, ident):
         return build()
     version = found.get(vkey)
     if version is None:

@@ -258,6 +258,12 @@ WS_MAX_FRAME_BYTES = env("WS_MAX_FRAME_BYTES", 65536, int)
 WS_SEND_QUEUE_FRAMES = env("WS_SEND_QUEUE_FRAMES", 256, int)
 WS_RATE_PER_SECOND = env("WS_RATE_PER_SECOND", 10.0, float)
 WS_RATE_BURST = env("WS_RATE_BURST", 30, int)
+# Messages one user may send per SEND_RATE_WINDOW_SECONDS, HTTP and sockets together
+# (chat.actions.check_send_rate); over it: 429 / rate_limited. 0: no limit.
+SEND_RATE_PER_USER = env("SEND_RATE_PER_USER", 60, int)
+# The window of SEND_RATE_PER_USER: fixed windows counted in Redis; fails open when
+# Redis is down (a chat send must not fail because of its limiter).
+SEND_RATE_WINDOW_SECONDS = env("SEND_RATE_WINDOW_SECONDS", 10, int)
 # Open sockets per user across every process (close 4429 beyond): a flood guard.
 WS_MAX_SOCKETS_PER_USER = env("WS_MAX_SOCKETS_PER_USER", 30, int)
 # Threads per socket-server process for blocking publishes off the event loop

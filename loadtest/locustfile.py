@@ -37,35 +37,13 @@ its GET /api/projects; with LOADTEST_PROJECT_IDS=a,b,c in ids[i mod 3]. Every
 counter that follows a project's numbers (highest number, deliveries, gaps,
 tail, the drain) is kept per project and summed in the result.
 
-Environment (all optional):
-  LOADTEST_WS_URL         ws(s):// base of the socket server (default: the host's)
-  LOADTEST_USERS_PREFIX   username prefix (default "load")
-  LOADTEST_PASSWORD       their password (default "demo-pass-123", seed_demo's)
-  LOADTEST_ACCOUNTS       how many accounts exist; names wrap around (0: no wrap)
-  LOADTEST_FIRST_INDEX    number of the first account (default 0)
-  LOADTEST_PROJECT_ID     project to use; else the first user picks the project
-                          named LOADTEST_PROJECT_NAME (default "Load") from
-                          GET /api/projects, or the first one listed
-  LOADTEST_PROJECT_IDS    comma-separated projects: account i uses ids[i mod K]
-  LOADTEST_PROJECTS       K > 1: account i uses its project named
-                          LOADTEST_PROJECT_NAME (i mod K = 0) or
-                          "<LOADTEST_PROJECT_NAME> <i mod K + 1>" (seed_demo's names)
-  LOADTEST_MESSAGE_INTERVAL  seconds between socket sends per socket user
-                          (default 5; 0 disables socket sends)
-  LOADTEST_WAIT           think time "MIN,MAX" seconds between HTTP tasks
-                          (default "0.25,0.75": about 2 requests/s per user)
-  LOADTEST_WS_USERS       fixed number of SocketChatUser when both classes run
-  LOADTEST_DRAIN_SECONDS  at the end, wait for in-flight deliveries until none
-                          progressed for this long (default 10) ...
-  LOADTEST_DRAIN_MAX_SECONDS  ... or this long in all (default 120)
-  LOADTEST_RESULT_FILE    write the final counters here as JSON
+Configured by the LOADTEST_* environment variables, all optional: see
+loadtest/config.py. The result is built and written by loadtest/report.py.
 """
 
 import gc
 import itertools
-import json
 import logging
-import os
 import random
 import struct
 import time
@@ -80,28 +58,20 @@ from gevent.lock import Semaphore
 from locust import FastHttpUser, between, events, task
 from locust.exception import StopUser
 
+from loadtest.config import LoadTestConfig
+from loadtest.report import (
+    DELIVERY,
+    HISTORY,
+    POST_MESSAGE,
+    PROJECT_LIST,
+    build_result,
+    generator_summary,
+    write_result,
+)
+
 logger = logging.getLogger("loadtest")
 
-PREFIX = os.environ.get("LOADTEST_USERS_PREFIX", "load")
-WS_URL = os.environ.get("LOADTEST_WS_URL", "").rstrip("/")
-PASSWORD = os.environ.get("LOADTEST_PASSWORD", "demo-pass-123")
-ACCOUNTS = int(os.environ.get("LOADTEST_ACCOUNTS", "0") or 0)
-FIRST_INDEX = int(os.environ.get("LOADTEST_FIRST_INDEX", "0") or 0)
-PROJECT_NAME = os.environ.get("LOADTEST_PROJECT_NAME", "Load")
-PROJECT_IDS = [int(x) for x in os.environ.get("LOADTEST_PROJECT_IDS", "").split(",")
-               if x.strip()]
-PROJECTS = int(os.environ.get("LOADTEST_PROJECTS", "1") or 1)
-MESSAGE_INTERVAL = float(os.environ.get("LOADTEST_MESSAGE_INTERVAL", "5") or 0)
-DRAIN_SECONDS = float(os.environ.get("LOADTEST_DRAIN_SECONDS", "10") or 0)
-DRAIN_MAX_SECONDS = float(os.environ.get("LOADTEST_DRAIN_MAX_SECONDS", "120") or 0)
-RESULT_FILE = os.environ.get("LOADTEST_RESULT_FILE", "")
-WAIT_MIN, WAIT_MAX = (float(x) for x in os.environ.get("LOADTEST_WAIT", "0.25,0.75").split(","))
-RUN_ID = os.environ.get("LOADTEST_RUN_ID") or uuid.uuid4().hex[:12]
-
-DELIVERY = "WebSocket delivery"
-HISTORY = "complex GET: history"
-PROJECT_LIST = "simple GET: projects"
-POST_MESSAGE = "POST: message"
+CONFIG = LoadTestConfig.from_env()
 
 
 class Run:
@@ -109,8 +79,7 @@ class Run:
 
     def __init__(self):
         self.user_numbers = itertools.count()
-        self.project_id = int(os.environ["LOADTEST_PROJECT_ID"]) if os.environ.get(
-            "LOADTEST_PROJECT_ID") else None
+        self.project_id = CONFIG.project_id
         self.project_lock = Semaphore()
         self.project_ids = set()  # projects the users talk in
         self.sending = True  # cleared when the test stops: no new messages
@@ -195,7 +164,7 @@ def describe(response):
 
 
 def make_content(via):
-    return orjson.dumps({"lt": RUN_ID, "t": time.time(), "via": via}).decode()
+    return orjson.dumps({"lt": CONFIG.run_id, "t": time.time(), "via": via}).decode()
 
 
 def sent_at(content):
@@ -206,7 +175,8 @@ def sent_at(content):
         data = orjson.loads(content)
     except orjson.JSONDecodeError:
         return None
-    if isinstance(data, dict) and data.get("lt") == RUN_ID and isinstance(data.get("t"), float):
+    if (isinstance(data, dict) and data.get("lt") == CONFIG.run_id
+            and isinstance(data.get("t"), float)):
         return data["t"]
     return None
 
@@ -230,8 +200,8 @@ class ProjectSocket:
 
     # -- connection --
     def _url(self, after):
-        if WS_URL:  # a socket server of its own (make serve)
-            url = f"{WS_URL}/ws/projects/{self.project_id}/"
+        if CONFIG.ws_url:  # a socket server of its own (make serve)
+            url = f"{CONFIG.ws_url}/ws/projects/{self.project_id}/"
         else:
             base = urlparse(self.user.host)
             scheme = "wss" if base.scheme == "https" else "ws"
@@ -293,7 +263,7 @@ class ProjectSocket:
         """Connect (retrying in the background if that fails) and start reading and sending."""
         connected = self.connect()
         self.reader = gevent.spawn(self.read_loop, connected)
-        if MESSAGE_INTERVAL > 0:
+        if CONFIG.message_interval > 0:
             self.sender = gevent.spawn(self.send_loop)
 
     def close(self):
@@ -445,10 +415,10 @@ class ProjectSocket:
 
     # -- sending --
     def send_loop(self):
-        gevent.sleep(random.uniform(0, MESSAGE_INTERVAL))  # spread the senders out
+        gevent.sleep(random.uniform(0, CONFIG.message_interval))  # spread the senders out
         while not self.closing and RUN.sending:
             if self not in RUN.sockets:  # not connected right now
-                gevent.sleep(MESSAGE_INTERVAL)
+                gevent.sleep(CONFIG.message_interval)
                 continue
             client_msg_id = str(uuid.uuid4())
             frame = orjson.dumps({
@@ -461,20 +431,20 @@ class ProjectSocket:
                 RUN.bump("ws_sent")
             except Exception:  # noqa: BLE001 - the reader reconnects
                 self.pending.pop(client_msg_id, None)
-            gevent.sleep(MESSAGE_INTERVAL)
+            gevent.sleep(CONFIG.message_interval)
 
 
 class ChatUser(FastHttpUser):
     """The guide's HTTP user: history, project list and sends, weighted 3:2:1."""
 
-    wait_time = between(WAIT_MIN, WAIT_MAX)
+    wait_time = between(*CONFIG.think_time)
     username = ""
 
     def on_start(self):
         self.client.cookiejar = self.client.client.cookiejar = SteadyCookieJar()
         number = next(RUN.user_numbers)
-        self.index = FIRST_INDEX + (number % ACCOUNTS if ACCOUNTS > 0 else number)
-        self.username = f"{PREFIX}{self.index}"
+        self.index = CONFIG.account_index(number)
+        self.username = CONFIG.username_of(self.index)
         base = urlparse(self.host)
         self.origin = f"{base.scheme}://{base.netloc}"
         self.login()
@@ -489,7 +459,7 @@ class ChatUser(FastHttpUser):
                 raise StopUser()
             token = r.json()["csrf_token"]
         with self.client.post(
-            "/api/auth/login", json={"username": self.username, "password": PASSWORD},
+            "/api/auth/login", json={"username": self.username, "password": CONFIG.password},
             headers={"X-CSRFToken": token, "Referer": self.origin + "/"},
             name="auth: login", catch_response=True,
         ) as r:
@@ -510,9 +480,9 @@ class ChatUser(FastHttpUser):
         return self.client.cookiejar.header()
 
     def discover_project(self):
-        if PROJECT_IDS:
-            return PROJECT_IDS[self.index % len(PROJECT_IDS)]
-        if RUN.project_id is None and PROJECTS > 1:
+        if CONFIG.project_ids:
+            return CONFIG.project_ids[self.index % len(CONFIG.project_ids)]
+        if RUN.project_id is None and CONFIG.projects > 1:
             return self.discover_own_project()
         if RUN.project_id is not None:
             return RUN.project_id
@@ -520,7 +490,7 @@ class ChatUser(FastHttpUser):
             if RUN.project_id is None:
                 r = self.client.get("/api/projects?per_page=100", name="setup: projects")
                 items = r.json()["items"] if r.status_code == 200 else []
-                named = [p for p in items if p["name"] == PROJECT_NAME]
+                named = [p for p in items if p["name"] == CONFIG.project_name]
                 chosen = (named or items or [None])[0]
                 if chosen is None:
                     logger.error("%s is in no project; create the load test users first",
@@ -531,8 +501,7 @@ class ChatUser(FastHttpUser):
 
     def discover_own_project(self):
         """This account's project of seed_demo --loadtest-projects: by name, i mod K."""
-        part = self.index % PROJECTS
-        name = PROJECT_NAME if part == 0 else f"{PROJECT_NAME} {part + 1}"
+        name = CONFIG.project_name_of(self.index)
         with self.client.get("/api/projects?per_page=100", name="setup: projects",
                              catch_response=True) as r:
             if r.status_code != 200:
@@ -544,7 +513,7 @@ class ChatUser(FastHttpUser):
         if not named:
             logger.error("%s is not a member of a project named %r; create the users with "
                          "seed_demo --loadtest --loadtest-projects %s",
-                         self.username, name, PROJECTS)
+                         self.username, name, CONFIG.projects)
             RUN.bump("project_discovery_failures")
             raise StopUser()
         return named[0]["id"]
@@ -613,8 +582,8 @@ class SocketChatUser(ChatUser):
             self.socket.close()
 
 
-if os.environ.get("LOADTEST_WS_USERS"):
-    SocketChatUser.fixed_count = int(os.environ["LOADTEST_WS_USERS"])
+if CONFIG.ws_users is not None:
+    SocketChatUser.fixed_count = CONFIG.ws_users
 
 
 # -- run bookkeeping ---------------------------------------------------------
@@ -662,17 +631,7 @@ class GeneratorLag:
             self.gc_pauses_ms.append((time.perf_counter() - self._gc_started) * 1000)
 
     def summary(self):
-        lags = sorted(self.lags_ms)
-
-        def pct(p):
-            return round(lags[min(len(lags) - 1, int(len(lags) * p))], 1) if lags else None
-
-        return {
-            "loop_lag_p50_ms": pct(0.5), "loop_lag_p95_ms": pct(0.95),
-            "loop_lag_p99_ms": pct(0.99), "loop_lag_max_ms": pct(1.0),
-            "gc_full_collections": len(self.gc_pauses_ms),
-            "gc_full_pause_max_ms": round(max(self.gc_pauses_ms), 1) if self.gc_pauses_ms else 0,
-        }
+        return generator_summary(self.lags_ms, self.gc_pauses_ms)
 
 
 LAG = GeneratorLag()
@@ -702,11 +661,11 @@ def _on_stopping(environment, **kwargs):
     RUN.sockets_at_stop = len(RUN.sockets)
     RUN.sending = False
     # Wait while deliveries progress: a loaded server may be seconds behind, and
-    # only what never arrives is lost. Give up after DRAIN_SECONDS without any
-    # progress, or DRAIN_MAX_SECONDS in all.
+    # only what never arrives is lost. Give up after drain_seconds without any
+    # progress, or drain_max_seconds in all.
     started = time.monotonic()
     last_progress, progress = started, None
-    while time.monotonic() - started < DRAIN_MAX_SECONDS:
+    while time.monotonic() - started < CONFIG.drain_max_seconds:
         behind = [s for s in RUN.sockets if s.behind() or s.pending]
         if not behind and RUN.posts_in_flight == 0:
             break
@@ -714,7 +673,7 @@ def _on_stopping(environment, **kwargs):
                         sum(RUN.max_seq.values()), RUN.posts_in_flight)
         if now_progress != progress:
             progress, last_progress = now_progress, time.monotonic()
-        elif time.monotonic() - last_progress > DRAIN_SECONDS:
+        elif time.monotonic() - last_progress > CONFIG.drain_seconds:
             break
         gevent.sleep(0.1)
     RUN.drain_seconds = time.monotonic() - started
@@ -732,83 +691,5 @@ def _on_stopping(environment, **kwargs):
 def _on_test_stop(environment, **kwargs):
     if not RUN.drained:
         _on_stopping(environment)
-    result = build_result(environment)
-    print("LOADTEST_RESULT " + json.dumps(result["summary"]), flush=True)
-    if RESULT_FILE:
-        with open(RESULT_FILE, "w") as f:
-            json.dump(result, f, indent=2, sort_keys=True)
-
-
-def entry_summary(entry):
-    if entry is None or entry.num_requests == 0:
-        return {"count": 0, "failures": entry.num_failures if entry else 0}
-    return {
-        "count": entry.num_requests,
-        "failures": entry.num_failures,
-        "p50_ms": entry.get_response_time_percentile(0.5),
-        "p95_ms": entry.get_response_time_percentile(0.95),
-        "p99_ms": entry.get_response_time_percentile(0.99),
-        "avg_ms": round(entry.avg_response_time, 2),
-        "max_ms": round(entry.max_response_time or 0, 2),
-    }
-
-
-def build_result(environment):
-    stats = environment.stats
-    end = RUN.stopped_at or time.time()
-    start = RUN.steady_at if RUN.steady_at is not None else (RUN.started_at or end)
-    window = end - start
-    if window < 1.0 and RUN.started_at is not None:  # too short to measure: the whole run
-        start, window = RUN.started_at, end - RUN.started_at
-        requests_in_window = RUN.http_requests
-    else:
-        requests_in_window = RUN.window_requests if RUN.stopped_at else (
-            RUN.http_requests - RUN.steady_requests)
-    messages_in_window = sum(1 for t in RUN.delivered.values() if start <= t <= end)
-    entries = {}
-    for (name, method), entry in stats.entries.items():
-        entries[f"{method} {name}"] = entry_summary(entry)
-    status_codes = {}
-    for error in stats.errors.values():
-        status_codes[str(error.error)[:200]] = error.occurrences
-    lost = RUN.counts["lost_gaps"] + RUN.counts["lost_tail"]
-    summary = {
-        "run_id": RUN_ID,
-        "project_id": RUN.project_id if RUN.project_id is not None else (
-            next(iter(RUN.project_ids)) if len(RUN.project_ids) == 1 else None),
-        "projects": len(RUN.project_ids),
-        "project_ids": sorted(RUN.project_ids),
-        "window_seconds": round(max(window, 0.0), 3),
-        "http_requests": RUN.http_requests,
-        "http_requests_in_window": requests_in_window,
-        "requests_per_second": round(requests_in_window / window, 2) if window > 0 else 0.0,
-        "sockets_open_at_stop": RUN.sockets_at_stop,
-        "sockets_peak": RUN.sockets_peak,
-        "messages_sent": RUN.counts["ws_sent"] + RUN.counts["http_sent"],
-        "messages_delivered": len(RUN.delivered),
-        "messages_delivered_in_window": messages_in_window,
-        "messages_per_second": round(messages_in_window / window, 2) if window > 0 else 0.0,
-        "deliveries_per_second": round(RUN.counts["deliveries"] / window, 2) if window > 0 else 0.0,
-        "max_seq": sum(RUN.max_seq.values()),
-        "max_seq_by_project": {str(k): v for k, v in sorted(RUN.max_seq.items())},
-        "drain_seconds": round(RUN.drain_seconds, 2),
-        "lost": lost,
-        "duplicated": RUN.counts["duplicated"],
-        "out_of_order": RUN.counts["out_of_order"],
-        **RUN.counts,
-        "generator": LAG.summary(),
-        "send_errors": dict(RUN.send_errors),
-        "close_codes": dict(RUN.close_codes),
-        "total_failures": stats.total.num_failures,
-    }
-    return {
-        "summary": summary,
-        "endpoints": {
-            "simple_get": entry_summary(stats.entries.get((PROJECT_LIST, "GET"))),
-            "complex_get": entry_summary(stats.entries.get((HISTORY, "GET"))),
-            "post": entry_summary(stats.entries.get((POST_MESSAGE, "POST"))),
-            "websocket": entry_summary(stats.entries.get((DELIVERY, "WS"))),
-        },
-        "entries": entries,
-        "errors": status_codes,
-    }
+    result = build_result(RUN, environment.stats, run_id=CONFIG.run_id, generator=LAG.summary())
+    write_result(result, CONFIG.result_file)

@@ -121,8 +121,9 @@ def test_edit_without_any_at_sign_spends_no_query_on_mentions(
     owner, project, django_assert_num_queries
 ):
     message = send(owner, project, "plain")
-    # SAVEPOINT, UPDATE ... RETURNING seq, UPDATE the message, RELEASE SAVEPOINT.
-    with django_assert_num_queries(4):
+    # SAVEPOINT, UPDATE ... RETURNING seq, SELECT the message again under the
+    # project row lock, UPDATE the message, RELEASE SAVEPOINT.
+    with django_assert_num_queries(5):
         actions.do_edit_message(message, "still plain")
 
 

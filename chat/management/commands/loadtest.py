@@ -11,7 +11,7 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
-import uuid
+from dataclasses import replace
 from http.cookiejar import CookieJar
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,25 +19,30 @@ from urllib.parse import urlparse
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from loadtest.config import (
+    DEFAULT_DRAIN_MAX_SECONDS,
+    DEFAULT_DRAIN_SECONDS,
+    DEFAULT_MESSAGE_INTERVAL,
+    DEFAULT_PASSWORD,
+    DEFAULT_PROJECT_NAME,
+    DEFAULT_THINK_TIME,
+    DEFAULT_USERS_PREFIX,
+    LoadTestConfig,
+    format_think_time,
+    parse_project_ids,
+    parse_think_time,
+)
+from loadtest.report import format_report, read_result
+
 ROOT = Path(__file__).resolve().parents[3]
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
-DEFAULT_PASSWORD = "demo-pass-123"  # seed_demo's default
-SOCKET_INTERVAL = 5.0  # default: one socket message per socket user every 5 s
 
-# (label, key in the result's endpoints, p95 target in ms)
-LATENCY_TARGETS = [
-    ("Simple GET", "simple_get", 50),
-    ("Complex GET", "complex_get", 200),
-    ("POST", "post", 100),
-    ("WebSocket", "websocket", 50),
-]
-
-HELP = """Run the locust scenarios (loadtest/locustfile.py) headless against --url for
+HELP = f"""Run the locust scenarios (loadtest/locustfile.py) headless against --url for
 --duration seconds and print the targets of SPEC §8 with measured values.
 
 The users must exist beforehand, all members of one project: e.g.
   manage.py seed_demo --loadtest --users 500 --messages 1000
-creates load0..load499 (password demo-pass-123) in the project "Load".
+creates load0..load499 (password {DEFAULT_PASSWORD}) in the project "Load".
 Spread over K projects (a team chat has many rooms):
   manage.py seed_demo --loadtest --users 500 --loadtest-projects 25 --messages 0
   manage.py loadtest --users 500 --projects 25
@@ -83,14 +88,10 @@ def parse_ws_users(value, users):
         ) from None
 
 
-def load_project_name(part):
-    """seed_demo --loadtest-projects names: "Load", "Load 2", ... (part counts from 0)."""
-    return "Load" if part == 0 else f"Load {part + 1}"
-
-
-def parse_project_ids(text):
+def check_project_ids(text):
+    """Parse --project-ids into a tuple of project ids, or raise CommandError."""
     try:
-        ids = [int(x) for x in str(text).split(",") if x.strip()]
+        ids = parse_project_ids(text)
         if not ids or min(ids) < 1:
             raise ValueError
     except ValueError:
@@ -98,14 +99,6 @@ def parse_project_ids(text):
             f"--project-ids is a comma-separated list of project ids, not {text!r}."
         ) from None
     return ids
-
-
-def fmt_ms(value):
-    return f"{value:g} ms"
-
-
-def fmt_number(value):
-    return f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
 
 
 class Command(BaseCommand):
@@ -130,13 +123,15 @@ class Command(BaseCommand):
         parser.add_argument("--message-rate", type=float, default=None,
                             help="messages per second sent over sockets, all socket users "
                                  f"together (default one per socket user every "
-                                 f"{SOCKET_INTERVAL:g} s; 0 sends none). HTTP users also "
+                                 f"{DEFAULT_MESSAGE_INTERVAL:g} s; 0 sends none). HTTP users also "
                                  "POST messages (1 task in 6).")
-        parser.add_argument("--think-time", default="0.25,0.75",
+        think_time = format_think_time(DEFAULT_THINK_TIME)
+        parser.add_argument("--think-time", default=think_time,
                             help="MIN,MAX seconds between one user's HTTP tasks "
-                                 "(default 0.25,0.75: about 2 requests/s per user)")
-        parser.add_argument("--users-prefix", default="load",
-                            help="usernames are <prefix>0, <prefix>1, ... (default 'load')")
+                                 f"(default {think_time}: about 2 requests/s per user)")
+        parser.add_argument("--users-prefix", default=DEFAULT_USERS_PREFIX,
+                            help="usernames are <prefix>0, <prefix>1, ... "
+                                 f"(default {DEFAULT_USERS_PREFIX!r})")
         parser.add_argument("--first-index", type=int, default=0,
                             help="number of the first account (default 0)")
         parser.add_argument("--accounts", type=int, default=None,
@@ -162,11 +157,13 @@ class Command(BaseCommand):
                             help="write locust's HTML report")
         parser.add_argument("--json", metavar="FILE", default=None,
                             help="write the full result (counters, percentiles) as JSON")
-        parser.add_argument("--drain", type=float, default=10.0,
+        parser.add_argument("--drain", type=float, default=DEFAULT_DRAIN_SECONDS,
                             help="at the end, wait for in-flight deliveries until none "
-                                 "progressed for this many seconds (default 10)")
-        parser.add_argument("--drain-max", type=float, default=120.0,
-                            help="... and at most this many seconds in all (default 120)")
+                                 f"progressed for this many seconds "
+                                 f"(default {DEFAULT_DRAIN_SECONDS:g})")
+        parser.add_argument("--drain-max", type=float, default=DEFAULT_DRAIN_MAX_SECONDS,
+                            help="... and at most this many seconds in all "
+                                 f"(default {DEFAULT_DRAIN_MAX_SECONDS:g})")
         parser.add_argument("--steady", action="store_true",
                             help="latencies of the steady state only: locust's statistics "
                                  "are reset once every user is running (--reset-stats)")
@@ -179,6 +176,7 @@ class Command(BaseCommand):
 
     # -- checks --------------------------------------------------------------
     def check_options(self, options):
+        """Check the options; return the URL, the run's shape and the locust config."""
         url = options["url"].rstrip("/")
         parts = urlparse(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -221,15 +219,15 @@ class Command(BaseCommand):
         if spawn_rate <= 0:
             raise CommandError("--spawn-rate must be positive.")
         try:
-            low, high = (float(x) for x in options["think_time"].split(","))
-            if not 0 <= low <= high:
+            think_time = parse_think_time(options["think_time"])
+            if not 0 <= think_time[0] <= think_time[1]:
                 raise ValueError
         except ValueError:
             raise CommandError("--think-time is MIN,MAX seconds, e.g. 0.25,0.75.") from None
         ws_users = parse_ws_users(options["ws_users"], options["users"])
         rate = options["message_rate"]
         if rate is None:
-            rate = ws_users / SOCKET_INTERVAL
+            rate = ws_users / DEFAULT_MESSAGE_INTERVAL
         if rate < 0:
             raise CommandError("--message-rate must not be negative.")
         interval = 0.0
@@ -247,7 +245,25 @@ class Command(BaseCommand):
             raise CommandError("--message-rate needs socket users (--ws-users).")
         if importlib.util.find_spec("locust") is None:
             raise CommandError("locust is not installed: pip install -r requirements-dev.txt")
-        return url, duration, spawn_rate, ws_users, rate, interval
+        project_ids = ()
+        if options["project_ids"] is not None:
+            project_ids = check_project_ids(options["project_ids"])
+        config = LoadTestConfig(
+            ws_url=(ws_url or "").rstrip("/"),
+            users_prefix=options["users_prefix"],
+            password=options["password"],
+            accounts=options["accounts"] or options["users"],
+            first_index=options["first_index"],
+            project_id=options["project_id"],
+            project_ids=project_ids,
+            projects=options["projects"],
+            message_interval=interval,
+            think_time=think_time,
+            ws_users=ws_users if 0 < ws_users < options["users"] else None,
+            drain_seconds=options["drain"],
+            drain_max_seconds=options["drain_max"],
+        )
+        return url, duration, spawn_rate, ws_users, rate, config
 
     @staticmethod
     def parse_duration(text):
@@ -319,7 +335,7 @@ class Command(BaseCommand):
                     "--loadtest-projects K (the same K as --projects)."
                 )
             return named[0]["id"]
-        named = [p for p in items if p["name"] == "Load"]
+        named = [p for p in items if p["name"] == DEFAULT_PROJECT_NAME]
         chosen = (named or items or [None])[0]
         if chosen is None:
             raise CommandError(f"{username!r} is in no project; give --project-id or create "
@@ -328,26 +344,25 @@ class Command(BaseCommand):
 
     # -- run -----------------------------------------------------------------
     def handle(self, *args, **options):
-        url, duration, spawn_rate, ws_users, rate, interval = self.check_options(options)
+        url, duration, spawn_rate, ws_users, rate, config = self.check_options(options)
         users = options["users"]
-        prefix, password = options["users_prefix"], options["password"]
-        first = options["first_index"]
-        project_ids, projects = None, options["projects"]
-        if options["project_ids"] is not None:
-            project_ids = parse_project_ids(options["project_ids"])
-            projects = len(project_ids)
-            self.preflight(url, f"{prefix}{first}", password,
+        first = config.first_index
+        username = config.username_of(first)
+        if config.project_ids:
+            project_ids = config.project_ids
+            self.preflight(url, username, config.password,
                            project_ids[first % len(project_ids)])
             where = f"projects {','.join(map(str, project_ids))}"
-        elif projects > 1:
-            self.preflight(url, f"{prefix}{first}", password, None,
-                           load_project_name(first % projects))
+        elif config.projects > 1:
+            projects = config.projects
+            self.preflight(url, username, config.password, None,
+                           config.project_name_of(first))
             where = (f"{projects} projects ('Load' .. 'Load {projects}', "
                      "each account in its own)")
         else:
-            project_id = self.preflight(url, f"{prefix}{first}", password,
-                                        options["project_id"])
-            where = f"project {project_id}"
+            config = replace(config, project_id=self.preflight(
+                url, username, config.password, config.project_id))
+            where = f"project {config.project_id}"
 
         if ws_users == users:
             classes = ["SocketChatUser"]
@@ -357,33 +372,9 @@ class Command(BaseCommand):
             classes = ["SocketChatUser", "ChatUser"]
         result_file = options["json"] or os.path.join(
             tempfile.mkdtemp(prefix="loadtest-"), "result.json")
-        env = dict(os.environ)
-        env.update({
-            "LOADTEST_USERS_PREFIX": prefix,
-            "LOADTEST_PASSWORD": password,
-            "LOADTEST_ACCOUNTS": str(options["accounts"] or users),
-            "LOADTEST_FIRST_INDEX": str(first),
-            "LOADTEST_MESSAGE_INTERVAL": f"{interval:.6f}",
-            "LOADTEST_WAIT": options["think_time"],
-            "LOADTEST_DRAIN_SECONDS": str(options["drain"]),
-            "LOADTEST_DRAIN_MAX_SECONDS": str(options["drain_max"]),
-            "LOADTEST_RESULT_FILE": result_file,
-            "LOADTEST_RUN_ID": uuid.uuid4().hex[:12],
-            "LOADTEST_WS_URL": (options["ws_url"] or "").rstrip("/"),
-        })
-        for name in ("LOADTEST_PROJECT_ID", "LOADTEST_PROJECT_IDS", "LOADTEST_PROJECTS",
-                     "LOADTEST_PROJECT_NAME"):
-            env.pop(name, None)
-        if project_ids is not None:
-            env["LOADTEST_PROJECT_IDS"] = ",".join(map(str, project_ids))
-        elif projects > 1:
-            env["LOADTEST_PROJECTS"] = str(projects)
-        else:
-            env["LOADTEST_PROJECT_ID"] = str(project_id)
-        if 0 < ws_users < users:
-            env["LOADTEST_WS_USERS"] = str(ws_users)
-        else:
-            env.pop("LOADTEST_WS_USERS", None)
+        config = replace(config, result_file=result_file)
+        # Every LOADTEST_* variable is set, so none leaks in from this environment.
+        env = {**os.environ, **config.to_env()}
         if os.path.exists(result_file):
             os.unlink(result_file)
         cmd = [
@@ -401,14 +392,14 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Load test: {users} users ({ws_users} with a socket) on {url}, "
             f"{where}, spawn {spawn_rate:g}/s, {duration:g} s, socket messages "
-            f"{rate:g}/s" + (f" (one per socket every {interval:.2f} s)" if interval else "")
+            f"{rate:g}/s" + (f" (one per socket every {config.message_interval:.2f} s)"
+                             if config.message_interval else "")
         )
         self.stdout.flush()
         budget = duration + users / spawn_rate + options["drain_max"] + 90
         returncode = self.run_locust(cmd, env, budget, options["quiet_locust"])
         try:
-            with open(result_file) as f:
-                result = json.load(f)
+            result = read_result(result_file)
         except (OSError, ValueError):
             raise CommandError(
                 f"locust exited with {returncode} and wrote no result; see its output above."
@@ -455,117 +446,10 @@ class Command(BaseCommand):
 
     # -- report --------------------------------------------------------------
     def report(self, result, steady=False):
-        summary, endpoints = result["summary"], result["endpoints"]
-        failed = []
-
-        def status(ok, label):
-            if not ok:
-                failed.append(label)
-            return "PASS" if ok else "FAIL"
-
-        rows = []
-        for label, key, target in LATENCY_TARGETS:
-            entry = endpoints.get(key) or {}
-            if entry.get("count"):
-                p95 = entry["p95_ms"]
-                rows.append((label, f"< {target} ms", fmt_ms(p95), status(p95 < target, label)))
-            else:
-                rows.append((label, f"< {target} ms", "no samples", status(False, label)))
-        self.table(("Endpoint type", "Target (p95)", "Measured", "Status"), rows)
-
-        rps = summary["requests_per_second"]
-        open_sockets, peak = summary["sockets_open_at_stop"], summary["sockets_peak"]
-        mps = summary["messages_per_second"]
-        rows = [
-            ("Requests/sec", "> 1000",
-             fmt_number(rps) if summary["http_requests_in_window"] else "no samples",
-             status(summary["http_requests_in_window"] > 0 and rps > 1000, "Requests/sec")),
-            ("Concurrent users", "> 500", f"{open_sockets:,} (peak {peak:,})",
-             status(open_sockets > 500, "Concurrent users")),
-            ("Messages/sec", "> 100",
-             fmt_number(mps) if summary["messages_delivered"] else "no samples",
-             status(summary["messages_delivered"] > 0 and mps > 100, "Messages/sec")),
-            ("Lost messages", "0", fmt_number(summary["lost"]),
-             status(summary["lost"] == 0, "Lost messages")),
-            ("Duplicated messages", "0", fmt_number(summary["duplicated"]),
-             status(summary["duplicated"] == 0, "Duplicated messages")),
-            ("Out-of-order messages", "0", fmt_number(summary["out_of_order"]),
-             status(summary["out_of_order"] == 0, "Out-of-order messages")),
-        ]
-        self.stdout.write("")
-        self.table(("Metric", "Target", "Measured", "Status"), rows)
-        self.stdout.write(f"projects: {summary.get('projects', 1)}")
-
-        counts = ", ".join(f"{label} {endpoints[key].get('count', 0):,}"
-                           for label, key, _ in LATENCY_TARGETS)
-        self.stdout.write("")
-        self.stdout.write(
-            f"Measured over {summary['window_seconds']:.1f} s with all users running "
-            f"(rates), latencies over "
-            f"{'the same (steady state)' if steady else 'the whole run'}. "
-            f"Samples: {counts}."
-        )
-        self.stdout.write(
-            f"Messages: {summary['messages_sent']:,} sent ({summary['http_sent']:,} over HTTP, "
-            f"{summary['ws_sent']:,} over sockets, {summary['ws_acked']:,} acknowledged), "
-            f"{summary['messages_delivered']:,} delivered, {summary['deliveries']:,} deliveries "
-            f"({summary['deliveries_per_second']:,.1f}/s)."
-        )
-        self.stdout.write(
-            f"Sockets: {summary['socket_connects']:,} connects, "
-            f"{summary['socket_connect_failures']:,} failed, "
-            f"{summary['socket_disconnects']:,} dropped by the server "
-            f"({summary['slow_client_closes']:,} as slow readers, close codes "
-            f"{summary['close_codes'] or '{}'}), {summary['socket_reconnects']:,} reconnected, "
-            f"{summary['sockets_behind_at_end']:,} still behind after the "
-            f"{summary['drain_seconds']:.1f} s drain."
-        )
-        generator = summary.get("generator") or {}
-        if generator.get("loop_lag_p95_ms") is not None:
-            self.stdout.write(
-                f"Generator (this locust process): event loop lag p50 "
-                f"{generator['loop_lag_p50_ms']} ms, p95 {generator['loop_lag_p95_ms']} ms, "
-                f"p99 {generator['loop_lag_p99_ms']} ms, max {generator['loop_lag_max_ms']} ms; "
-                f"{generator['gc_full_collections']} full garbage collections (longest "
-                f"{generator['gc_full_pause_max_ms']} ms). Every latency above includes the "
-                "generator's own lag."
-            )
-        problems = []
-        if summary["total_failures"]:
-            problems.append(f"{summary['total_failures']:,} failed requests: "
-                            + "; ".join(f"{n}x {e}" for e, n in result["errors"].items()))
-        if summary["send_errors"]:
-            problems.append(f"socket send errors {summary['send_errors']}")
-        if summary["login_failures"]:
-            problems.append(f"{summary['login_failures']} sign-in failures")
-        if summary.get("project_discovery_failures"):
-            problems.append(f"{summary['project_discovery_failures']} users found no project "
-                            "of theirs (see --projects)")
-        if summary["resyncs"]:
-            problems.append(f"{summary['resyncs']} resync_required (gap over the replay limit)")
-        if summary.get("hello_seq_zero"):
-            problems.append(f"{summary['hello_seq_zero']} hello frames with seq 0 "
-                            "(the project's number is never 0 once it has messages)")
-        if summary.get("duplicated_at_join"):
-            problems.append(f"{summary['duplicated_at_join']} of the duplicates were at or "
-                            "below the socket's after= when it (re)connected")
-        if summary.get("http_post_retries"):
-            problems.append(f"{summary['http_post_retries']} POSTs retried after no answer "
-                            "(same client_msg_id)")
-        if summary.get("ws_unacked"):
-            problems.append(f"{summary['ws_unacked']} socket sends never acknowledged "
-                            "(server backlog at the end, or a dropped socket)")
-        if problems:
-            self.stdout.write(self.style.WARNING("Problems: " + " | ".join(problems)))
-        return failed
-
-    def table(self, header, rows):
-        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-        def line(cells):
-            return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-
-        self.stdout.write(line(header))
-        self.stdout.write("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-        for row in rows:
-            self.stdout.write(line(row))
+        """Print the targets tables of result; return the labels of the failed targets."""
+        report = format_report(result, steady=steady)
+        for line in report.lines:
+            self.stdout.write(line)
+        if report.problems:
+            self.stdout.write(self.style.WARNING("Problems: " + " | ".join(report.problems)))
+        return report.failed

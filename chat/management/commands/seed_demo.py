@@ -25,10 +25,10 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 
 from chat.models import Message
+from loadtest.config import DEFAULT_PASSWORD
 from projects.models import Membership, Project
 
 DEMO_USERNAME = "demo"
-DEFAULT_PASSWORD = "demo-pass-123"
 SITE_URL = "http://127.0.0.1:8000/"
 LOAD_PROJECT = "Load"
 PROJECT_NAMES = [
