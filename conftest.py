@@ -172,7 +172,7 @@ def auth_queries():
 
 
 def assert_error(response, status, code=None):
-    """Assert the single error shape of SPEC §4 and return its inner object."""
+    """Assert the single error shape of docs/API.md §3 and return its inner object."""
     assert response.status_code == status, response.content
     assert response["Content-Type"].startswith("application/json")
     body = response.json()

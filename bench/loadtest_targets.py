@@ -1,4 +1,4 @@
-"""The SPEC §8 targets run: the production server on PostgreSQL + Redis, locust on the same box.
+"""The targets run (docs/PERFORMANCE.md, "The targets, where we stand"): the production server on PostgreSQL + Redis, locust on the same box.
 
 Usage:
     .venv/bin/python bench/loadtest_targets.py [--users 500] [--projects 25]

@@ -2,7 +2,7 @@
 
 
 def serialize_message(message):
-    """Return the message JSON of SPEC §4 (a deleted message keeps no content)."""
+    """Return the message JSON of docs/API.md §6 (a deleted message keeps no content)."""
     deleted = message.deleted_at is not None
     return {
         "id": message.pk,

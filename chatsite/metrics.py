@@ -23,7 +23,7 @@ from chat.metrics import WEBSOCKET_CONNECTIONS_ACTIVE  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-# Finer than the client's defaults below 100 ms, where the targets of §8 are.
+# Finer than the client's defaults below 100 ms, where the latency targets are (docs/PERFORMANCE.md).
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0,
                 2.5, 5.0, 10.0)
 QUERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,

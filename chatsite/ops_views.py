@@ -207,7 +207,7 @@ def summarise(current, baseline, window):
 def p95_chart(endpoints, limit=12, width=640, bar_height=18, label_width=300):
     """Return the geometry of a server-rendered SVG bar chart of p95 per endpoint."""
     rows = [entry for entry in endpoints if entry["p95_ms"] is not None][:limit]
-    # The §8 targets as guides: 50 ms for simple GETs, 200 ms for complex ones.
+    # The latency targets (docs/PERFORMANCE.md) as guides: 50 ms for simple GETs, 200 ms for complex ones.
     targets = (50.0, 200.0)
     top = max([entry["p95_ms"] for entry in rows] + [targets[0] * 1.2])
     scale = (width - label_width - 70) / top

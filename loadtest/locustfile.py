@@ -1,4 +1,4 @@
-"""Locust scenarios for the chat (SPEC §7 `loadtest`, §8 targets).
+"""Locust scenarios for the chat (`manage.py loadtest`, docs/OPERATIONS.md "loadtest"; targets: docs/PERFORMANCE.md, "The targets, where we stand").
 
 Two user classes; `manage.py loadtest` picks them (see loadtest/README.md):
 
@@ -243,7 +243,7 @@ class ProjectSocket:
         )
         RUN.bump("socket_connects")
         if hello["seq"] == 0 and max(after or 0, RUN.seq_of(self.project_id)) > 0:
-            # The project's number never goes back: a hello of 0 is wrong (SPEC §5).
+            # The project's number never goes back: a hello of 0 is wrong (docs/PROTOCOL.md §3, `hello`).
             RUN.bump("hello_seq_zero")
             logger.warning("hello with seq 0 for %s in project %s (after=%s, known seq %s)",
                            self.user.username, self.project_id, after,

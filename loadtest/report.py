@@ -1,4 +1,4 @@
-"""The load test's result and the SPEC §8 targets tables printed from it.
+"""The load test's result and the targets tables (docs/PERFORMANCE.md, "The targets, where we stand") printed from it.
 
 The locustfile builds the result from its counters and locust's statistics
 (`build_result`) and writes it (`write_result`); `manage.py loadtest` reads it

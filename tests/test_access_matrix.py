@@ -5,7 +5,7 @@ and a staff user who is not a member (staff rights are for /admin/ only; they
 open no project). Two projects: a public one and a private one; the member,
 admin and owner belong to both. Every cell is a parametrized test that asserts
 the status (or the socket's close code); every refused API answer must have the
-one error shape of SPEC §4. Runs on the embedded default and in production shape.
+one error shape of docs/API.md §3 (access rules: docs/API.md §4). Runs on the embedded default and in production shape.
 """
 
 import re

@@ -1,4 +1,4 @@
-"""Idempotent send under concurrency (SPEC §3): one client_msg_id, twenty senders at once.
+"""Idempotent send under concurrency (docs/API.md §7, "Send"): one client_msg_id, twenty senders at once.
 
 Against two live server processes sharing PostgreSQL and Redis, the same author
 sends the same client_msg_id twenty times at the same moment: ten over HTTP and

@@ -1,4 +1,4 @@
-"""Delivery through real server processes: complete, in order, once (SPEC §3, §5)."""
+"""Delivery through real server processes: complete, in order, once (docs/REALTIME.md; docs/PROTOCOL.md §5-§6)."""
 
 import asyncio
 import random

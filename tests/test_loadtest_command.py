@@ -1,4 +1,4 @@
-"""manage.py loadtest: loopback only, and a short real run prints every target (SPEC §7, §8)."""
+"""manage.py loadtest: loopback only, and a short real run prints every target (docs/OPERATIONS.md "loadtest"; docs/PERFORMANCE.md, "The targets, where we stand")."""
 
 import json
 import re

@@ -42,7 +42,7 @@ schema = schemathesis.openapi.from_wsgi("/api/openapi.json", APP)
 
 # Schema-valid requests may still break a rule of the domain the schema cannot
 # state (content only spaces, over 10,000 characters after stripping, @all in a
-# big project, a client_msg_id that is not a UUID): SPEC §4 answers those 422
+# big project, a client_msg_id that is not a UUID): docs/API.md §3 answers those 422
 # "invalid". A schema-valid request answered 400 "malformed" stays a failure.
 positive = schema.config.checks.positive_data_acceptance
 positive.expected_statuses = [*positive.expected_statuses, "422"]

@@ -113,7 +113,7 @@ def test_index_report_lists_unused_indexes_and_sequential_tables(owner, project,
     unused = text.split("Unused indexes (idx_scan = 0):\n")[1].split("\n\n")[0].splitlines()
     assert unused[0].split()[:4] == ["table", "index", "scans", "size"]
     # A fresh test database has indexes nothing has read through yet, the
-    # named ones of SPEC §3 among them.
+    # named ones of docs/ARCHITECTURE.md §2 among them.
     names = {line.split()[1] for line in unused[1:]}
     assert names, text
     assert all(line.split()[2] == "0" for line in unused[1:])

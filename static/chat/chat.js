@@ -1,4 +1,4 @@
-/* The live project page (SPEC §5): socket, catch-up, optimistic sends, typing,
+/* The live project page (docs/PROTOCOL.md): socket, catch-up, optimistic sends, typing,
  * presence, reads, older history, edit and delete.
  *
  * Plain modern JavaScript, no build step, no dependencies. The server renders

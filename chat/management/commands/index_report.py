@@ -1,4 +1,4 @@
-"""Report unused indexes and tables read by sequential scans (SPEC §7, the guide's
+"""Report unused indexes and tables read by sequential scans (docs/OPERATIONS.md "index_report"; the guide's
 Index Monitoring queries), each row with a hint of what to do about it.
 
 The counters are PostgreSQL's cumulative statistics since the last reset, for

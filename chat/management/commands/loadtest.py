@@ -1,4 +1,4 @@
-"""Run the locust scenarios headless against a URL and print the targets of SPEC §8."""
+"""Run the locust scenarios headless against a URL and print the targets of docs/PERFORMANCE.md, "The targets, where we stand"."""
 
 import importlib.util
 import ipaddress
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[3]
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 
 HELP = f"""Run the locust scenarios (loadtest/locustfile.py) headless against --url for
---duration seconds and print the targets of SPEC §8 with measured values.
+--duration seconds and print the targets (docs/PERFORMANCE.md) with measured values.
 
 The users must exist beforehand, all members of one project: e.g.
   manage.py seed_demo --loadtest --users 500 --messages 1000

@@ -1,4 +1,4 @@
-"""Load demo data, fast and idempotently (SPEC §7).
+"""Load demo data, fast and idempotently (docs/OPERATIONS.md, "seed_demo").
 
 Every kind of row is written with bulk_create in batches, and the password is
 hashed once and shared: hashing is the slow part of creating users (PBKDF2 at

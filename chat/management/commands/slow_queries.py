@@ -1,4 +1,4 @@
-"""Show the statements that cost the database most, from pg_stat_statements (SPEC §7).
+"""Show the statements that cost the database most, from pg_stat_statements (docs/OPERATIONS.md, "slow_queries").
 
 pg_stat_statements counts every statement of every server process, so this is
 the view across all workers and machines; the slow-query log and the admin
