@@ -46,27 +46,21 @@ def test_default_trusts_no_proxy_and_ignores_a_spoofed_header():
     assert client_ip(request("198.51.100.66")) == PROXY
 
 
-def test_with_one_proxy_the_rightmost_entry_is_the_client(settings):
-    settings.TRUSTED_PROXY_COUNT = 1
-    assert client_ip(request("203.0.113.9")) == "203.0.113.9"
-
-
-def test_client_prepending_entries_cannot_pick_its_address(settings):
-    settings.TRUSTED_PROXY_COUNT = 1
+@pytest.mark.parametrize("proxies,forwarded_for,expected", [
+    # One proxy: the rightmost entry is the client.
+    (1, "203.0.113.9", "203.0.113.9"),
     # The client sent "X-Forwarded-For: 198.51.100.66, 192.0.2.1"; the proxy
-    # appended the address it saw.
-    assert client_ip(request("198.51.100.66, 192.0.2.1, 203.0.113.9")) == "203.0.113.9"
-
-
-def test_with_two_proxies_the_second_entry_from_the_right_is_the_client(settings):
-    settings.TRUSTED_PROXY_COUNT = 2
+    # appended the address it saw: prepending cannot pick the address.
+    (1, "198.51.100.66, 192.0.2.1, 203.0.113.9", "203.0.113.9"),
     # client -> CDN (appends the client) -> TLS proxy (appends the CDN) -> app
-    assert client_ip(request("198.51.100.66, 203.0.113.9, 192.0.2.10")) == "203.0.113.9"
-
-
-def test_ipv6_entries_are_normalised(settings):
-    settings.TRUSTED_PROXY_COUNT = 1
-    assert client_ip(request("2001:DB8:0:0::1")) == "2001:db8::1"
+    (2, "198.51.100.66, 203.0.113.9, 192.0.2.10", "203.0.113.9"),
+    # IPv6 entries are normalised.
+    (1, "2001:DB8:0:0::1", "2001:db8::1"),
+])
+def test_the_client_is_the_address_the_outermost_trusted_proxy_saw(
+        settings, proxies, forwarded_for, expected):
+    settings.TRUSTED_PROXY_COUNT = proxies
+    assert client_ip(request(forwarded_for)) == expected
 
 
 @pytest.mark.parametrize(
@@ -96,28 +90,35 @@ def test_header_with_fewer_entries_than_proxies_falls_back_to_remote_addr(settin
 # --- the throttle behind a proxy --------------------------------------------------------
 
 
-def test_two_clients_behind_the_proxy_do_not_lock_each_other_out(
-    make_user, settings, frozen_throttle_clock
-):
-    settings.TRUSTED_PROXY_COUNT = 1
-    make_user("bob", password="bob-password")
+def fail_sign_ins(settings, forwarded_for):
+    """Fail the limit's worth of sign-ins with different usernames (only the
+    per-IP counter can trip); `forwarded_for(i)` is each attempt's header."""
     client = Client()
     for i in range(settings.LOGIN_FAILURE_LIMIT):
-        # Different usernames: only the per-IP counter can trip.
-        assert login(client, f"nobody{i}", "wrong", "203.0.113.9").status_code == 401
+        assert login(client, f"nobody{i}", "wrong", forwarded_for(i)).status_code == 401
+    return client
+
+
+@pytest.fixture
+def bob(make_user):
+    return make_user("bob", password="bob-password")
+
+
+def test_two_clients_behind_the_proxy_do_not_lock_each_other_out(
+    bob, settings, frozen_throttle_clock
+):
+    settings.TRUSTED_PROXY_COUNT = 1
+    client = fail_sign_ins(settings, lambda i: "203.0.113.9")
     assert_error(login(client, "bob", "bob-password", "203.0.113.9"), 429, "rate_limited")
     # Another client through the same proxy (same REMOTE_ADDR) still signs in.
     assert login(Client(), "bob", "bob-password", "203.0.113.10").status_code == 200
 
 
 def test_a_locked_out_client_cannot_escape_by_prepending_entries(
-    make_user, settings, frozen_throttle_clock
+    bob, settings, frozen_throttle_clock
 ):
     settings.TRUSTED_PROXY_COUNT = 1
-    make_user("bob", password="bob-password")
-    client = Client()
-    for i in range(settings.LOGIN_FAILURE_LIMIT):
-        assert login(client, f"nobody{i}", "wrong", "203.0.113.9").status_code == 401
+    client = fail_sign_ins(settings, lambda i: "203.0.113.9")
     # It sends "X-Forwarded-For: 198.51.100.7"; the proxy appends its real address.
     response = login(client, "bob", "bob-password", "198.51.100.7, 203.0.113.9")
     assert_error(response, 429, "rate_limited")
@@ -126,11 +127,8 @@ def test_a_locked_out_client_cannot_escape_by_prepending_entries(
 
 
 def test_with_no_trusted_proxy_a_rotating_header_does_not_escape_the_limit(
-    make_user, settings, frozen_throttle_clock
+    bob, settings, frozen_throttle_clock
 ):
     settings.TRUSTED_PROXY_COUNT = 0
-    make_user("bob", password="bob-password")
-    client = Client()
-    for i in range(settings.LOGIN_FAILURE_LIMIT):
-        assert login(client, f"nobody{i}", "wrong", f"198.51.100.{i}").status_code == 401
+    client = fail_sign_ins(settings, lambda i: f"198.51.100.{i}")
     assert_error(login(client, "bob", "bob-password", "198.51.100.99"), 429, "rate_limited")

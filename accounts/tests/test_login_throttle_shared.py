@@ -10,6 +10,7 @@ from django.test import Client
 
 from accounts import ratelimit
 from accounts.models import LoginFailure
+from accounts.tests.test_api import login as api_login
 from accounts.tests.test_throttle_fallback import DownCache
 from conftest import assert_error
 
@@ -36,13 +37,6 @@ def admin_login(client, username, password, ip="127.0.0.1"):
     )
 
 
-def api_login(client, username, password, ip="127.0.0.1"):
-    return client.post(
-        "/api/auth/login",
-        {"username": username, "password": password},
-        content_type="application/json",
-        REMOTE_ADDR=ip,
-    )
 
 
 def page_login(client, username, password, ip="127.0.0.1"):

@@ -4,37 +4,18 @@ refuses to start; DEBUG on may use the development key, loudly.
 Each case runs in a fresh interpreter, because settings are read once at import.
 """
 
-import os
 import secrets
-import subprocess
-import sys
-from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parents[2]
+from chatsite.tests.test_settings import run as run_settings
 
-# Emptied in the child: an empty value counts as unset for the settings, and
-# keeps a local .env file from supplying one (python-dotenv never overrides).
-SETTINGS_VARIABLES = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG", "ALLOW_INSECURE_KEY")
-POSTGRES = "postgres://root@127.0.0.1:5432/helper_a"
+POSTGRES = "postgres://root@127.0.0.1:5432/postgres"
 SETUP = "import django; django.setup(); print('started')"
 WARNING = "WARNING: DEBUG is on and SECRET_KEY is not set"
 
 
 def run(**variables):
-    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARIABLES}
-    env.update(dict.fromkeys(SETTINGS_VARIABLES, ""))
-    env["DJANGO_SETTINGS_MODULE"] = "chatsite.settings"
-    env.update(variables)
     # django.setup() reads the settings without connecting to the database.
-    return subprocess.run(
-        [sys.executable, "-c", SETUP],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    return run_settings(["-c", SETUP], **variables)
 
 
 def test_postgres_without_redis_refuses_to_start_without_secret_key():
