@@ -84,7 +84,9 @@ def read_close_code(sock, timeout=60):
 
 
 def test_reader_that_stalls_is_closed_4008_and_others_get_everything():
-    env, close = make_live_env({"WS_SEND_QUEUE_FRAMES": "16", "MESSAGE_MAX_LENGTH": "10000"})
+    # 1,000 sends from one user: far over the per-user send limit, not under test here.
+    env, close = make_live_env({"WS_SEND_QUEUE_FRAMES": "16", "MESSAGE_MAX_LENGTH": "10000",
+                                "SEND_RATE_PER_USER": "0"})
     project_id = create_users_and_project(env, ["slow", "fast", "talker"], "Slow")
     server = LiveServer(env).start()
     try:
