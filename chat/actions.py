@@ -13,14 +13,15 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from chat.history_cache import warm_first_page
 from chat.mentions import find_mentions
 from chat.models import Mention, Message
 from chat.realtime.notify import publish_change_on_commit
-from chat.selectors import warm_first_page
+from chat.selectors import get_message
 from chat.serializers import serialize_message
 from chatsite.cache import bump_version, count_in_window, uncount
-from chatsite.errors import Conflict, Invalid, NotFound, RateLimited
-from projects.access import access_project_cached
+from chatsite.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited
+from projects.access import access_project, access_project_cached
 from projects.models import Membership
 
 # `@all` writes one row per member inside the send's transaction, which holds
@@ -39,7 +40,7 @@ def notify_change(message):
     it. One bump after commit is enough: a body built from the rows before the
     commit was tagged with a version read before the bump, which the bump
     retires; a reader that sees the bumped version reads after the commit.
-    The first page is then rebuilt under the new version (chat.selectors.
+    The first page is then rebuilt under the new version (chat.history_cache.
     warm_first_page), so the members' next reads stay on the hot path instead
     of each finding it stale.
     """
@@ -71,7 +72,7 @@ def take_next_seq(project_id):
         return cursor.fetchone()[0]
 
 
-def check_content(content):
+def validate_content(content):
     """Return stripped content or raise Invalid (empty or over the limit)."""
     if not isinstance(content, str):
         raise Invalid("Message content must be text.", fields={"content": "type"})
@@ -88,7 +89,7 @@ def check_content(content):
     return content
 
 
-def check_client_msg_id(value):
+def validate_client_msg_id(value):
     if value in (None, ""):
         return None
     try:
@@ -103,13 +104,13 @@ def check_send_message(user, project_id, content, client_msg_id=None):
     Membership is checked against the cached access entry, as the hot reads
     are (no query while it is cached; membership and project changes drop it).
     HTTP and socket sends both come here, so they share the sender's rate
-    limit (check_send_rate).
+    limit (validate_send_rate).
     """
     access_project_cached(user, project_id)
-    content = check_content(content)
-    client_msg_id = check_client_msg_id(client_msg_id)
+    content = validate_content(content)
+    client_msg_id = validate_client_msg_id(client_msg_id)
     try:
-        counted = check_send_rate(user)
+        counted = validate_send_rate(user)
     except RateLimited:
         # A retry of an acknowledged send gets its answer, not a 429.
         existing = _existing(user, client_msg_id, project_id) if client_msg_id else None
@@ -129,7 +130,7 @@ def _send_rate():
     return settings.SEND_RATE_PER_USER, settings.SEND_RATE_WINDOW_SECONDS
 
 
-def check_send_rate(user):
+def validate_send_rate(user):
     """Count a send against the user's limit or raise RateLimited (429, `rate_limited`).
 
     Return the counter's key (to give the count back), or None when nothing
@@ -272,6 +273,68 @@ def do_delete_message(message):
     except _AlreadyDeleted:
         pass  # rolled back: the number taken is given back
     return message
+
+
+# --- edits and deletes by members --------------------------------------------------
+
+
+def access_message(user, message_id):
+    """Return (message, membership) for a member of the message's project, or raise.
+
+    A missing message is NotFound; the project's refusal is access_project's
+    (404 for a private project, 403 `not_member` for a public one).
+    """
+    message = get_message(message_id)
+    if message is None:
+        raise NotFound("No such message.")
+    _project, membership = access_project(user, message.project_id)
+    return message, membership
+
+
+def check_edit_message(user, message_id, content):
+    """Validate a member's edit and perform it. Return the edited message.
+
+    Only the author edits, within EDIT_WINDOW_SECONDS of sending; a deleted
+    message is NotFound. Checked in this order, content last, so a refusal
+    says nothing of the content. (Staff moderating in the admin call
+    do_edit_message directly: no author or window rule.)
+    """
+    message, _membership = access_message(user, message_id)
+    if message.author_id != user.pk:
+        raise Forbidden("Only the author can edit a message.")
+    if message.deleted_at is not None:
+        raise NotFound("This message was deleted.")
+    window = settings.EDIT_WINDOW_SECONDS
+    if (timezone.now() - message.created_at).total_seconds() > window:
+        raise Forbidden(
+            f"Messages can be edited for {_describe_seconds(window)} after sending.",
+            code="edit_window_closed",
+        )
+    return do_edit_message(message, validate_content(content))
+
+
+def check_delete_message(user, message_id):
+    """Validate a member's delete and perform it. Return the message.
+
+    The author or a project owner/admin deletes; deleting a deleted message
+    changes nothing (a delete is idempotent). (Staff moderating in the admin
+    call do_delete_message directly.)
+    """
+    message, membership = access_message(user, message_id)
+    if message.author_id != user.pk and not membership.is_admin:
+        raise Forbidden("Only the author or a project admin can delete a message.")
+    if message.deleted_at is None:
+        do_delete_message(message)
+    return message
+
+
+def _describe_seconds(seconds):
+    """Name a duration in the largest whole unit ("24 hours", "15 minutes")."""
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
 
 
 # --- mentions ----------------------------------------------------------------------

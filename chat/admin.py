@@ -5,7 +5,10 @@ COUNT(*) over the table (an estimate or a capped count instead), authors and
 projects joined in the page query, sorting only by indexed columns, filters
 that never list every project, and no date hierarchy (it aggregates dates over
 the whole table). Moderation goes through chat.actions, so a moderator's delete
-takes the project's next number and is broadcast like an author's.
+takes the project's next number and is broadcast like an author's. Staff are
+moderators: they call do_edit_message / do_delete_message directly, without the
+members' rules of check_edit_message / check_delete_message (author only, the
+edit window).
 """
 
 from django import forms
@@ -16,7 +19,7 @@ from django.db import connections
 from django.utils.functional import cached_property
 from django.utils.text import Truncator
 
-from chat.actions import check_content, do_delete_message, do_edit_message
+from chat.actions import do_delete_message, do_edit_message, validate_content
 from chat.models import Message
 from chatsite.errors import Invalid
 from projects.admin import ProjectFilter
@@ -79,7 +82,7 @@ class MessageForm(forms.ModelForm):
 
     def clean_content(self):
         try:
-            return check_content(self.cleaned_data["content"])
+            return validate_content(self.cleaned_data["content"])
         except Invalid as error:
             raise ValidationError(error.message) from error
 

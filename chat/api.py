@@ -1,8 +1,6 @@
 """The messages API: history (page-numbered and cursor), send, edit, delete, search."""
 
-from django.conf import settings
 from django.http import HttpResponse
-from django.utils import timezone
 from ninja import Router, Schema
 from ninja.security import django_auth
 
@@ -13,26 +11,26 @@ from chatsite.api import (
     BODY_ERRORS,
     SIGNED_IN,
     UNSAFE,
-    check_query_is_utf8,
     documented,
     page_query,
     parse_positive_int,
     query_param,
+    validate_query_is_utf8,
 )
-from chatsite.errors import BadRequest, Forbidden, NotFound
+from chatsite.errors import BadRequest
+from chatsite.pagination import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT, MAX_SEARCH_LIMIT
 from projects.access import access_project
 from projects.api import page_params
 
 router = Router(tags=["messages"], auth=django_auth)
 
-
-MAX_CURSOR_LIMIT = 200
-
-ID_QUERY = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+ID_QUERY = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 # q is stripped (str.strip: these are Python's spaces) and may not hold a NUL.
 SEARCH_QUERY_PATTERN = (r"^[^\u0000]*[^\u0000\t-\r\u001c-\u001f \u0085\u00a0\u1680"
                         r"\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$")
-LIMIT_QUERY = query_param("limit", ID_QUERY, "Items at most (default 50; clamped to 200).")
+LIMIT_QUERY = query_param(
+    "limit", ID_QUERY, f"Items at most (default {DEFAULT_LIMIT}; clamped to {MAX_LIMIT})."
+)
 
 
 class MessageIn(Schema):
@@ -67,8 +65,8 @@ def project_messages(request, project_id: int):
     """Cursor history by seq: `before` pages back, `after` catches up by changed_seq."""
     before = request.GET.get("before")
     after = request.GET.get("after")
-    limit = parse_positive_int(request.GET.get("limit"), "limit", default=50)
-    limit = min(limit, MAX_CURSOR_LIMIT)
+    limit = parse_positive_int(request.GET.get("limit"), "limit", default=DEFAULT_LIMIT)
+    limit = min(limit, MAX_LIMIT)
     if before not in (None, "") and after not in (None, ""):
         raise BadRequest("Give before or after, not both.", fields={"before": "conflict"})
     before = None if before in (None, "") else parse_positive_int(before, "before")
@@ -85,8 +83,8 @@ def list_mentions(request):
     """My mentions in my projects, newest first; `before` is a mention id (cursor)."""
     before = request.GET.get("before")
     before = None if before in (None, "") else parse_positive_int(before, "before")
-    limit = parse_positive_int(request.GET.get("limit"), "limit", default=50)
-    limit = min(limit, MAX_CURSOR_LIMIT)
+    limit = parse_positive_int(request.GET.get("limit"), "limit", default=DEFAULT_LIMIT)
+    limit = min(limit, MAX_LIMIT)
     rows, has_more = selectors.get_user_mentions(request.user, before=before, limit=limit)
     next_cursor = rows[-1].pk if has_more and rows else None
     return {
@@ -115,40 +113,13 @@ def send_message(request, payload: MessageIn):
     return (201 if created else 200), serialize_message(message)
 
 
-def _own_message(request, message_id):
-    message = selectors.get_message(message_id)
-    if message is None:
-        raise NotFound("No such message.")
-    project, membership = access_project(request.user, message.project_id)
-    return message, membership
-
-
-def _describe_seconds(seconds):
-    """Name a duration in the largest whole unit ("24 hours", "15 minutes")."""
-    for unit, size in (("hour", 3600), ("minute", 60)):
-        if seconds >= size and seconds % size == 0:
-            count = seconds // size
-            return f"{count} {unit}{'s' if count != 1 else ''}"
-    return f"{seconds} second{'s' if seconds != 1 else ''}"
-
-
 @router.patch("/messages/{int:message_id}", openapi_extra=documented(
     {200: "Message"}, (*BODY_ERRORS, *UNSAFE, 404)))
 def edit_message(request, message_id: int, payload: EditIn):
     """The author edits a message within the edit window; a deleted message is 404."""
-    message, _ = _own_message(request, message_id)
-    if message.author_id != request.user.pk:
-        raise Forbidden("Only the author can edit a message.")
-    if message.deleted_at is not None:
-        raise NotFound("This message was deleted.")
-    window = settings.EDIT_WINDOW_SECONDS
-    if (timezone.now() - message.created_at).total_seconds() > window:
-        raise Forbidden(
-            f"Messages can be edited for {_describe_seconds(window)} after sending.",
-            code="edit_window_closed",
-        )
-    content = actions.check_content(payload.content)
-    return serialize_message(actions.do_edit_message(message, content))
+    return serialize_message(
+        actions.check_edit_message(request.user, message_id, payload.content)
+    )
 
 
 @router.delete("/messages/{int:message_id}", response={204: None},
@@ -158,11 +129,7 @@ def delete_message(request, message_id: int):
 
     Deleting a deleted message answers 204 and changes nothing.
     """
-    message, membership = _own_message(request, message_id)
-    if message.author_id != request.user.pk and not membership.is_admin:
-        raise Forbidden("Only the author or a project admin can delete a message.")
-    if message.deleted_at is None:
-        actions.do_delete_message(message)
+    actions.check_delete_message(request.user, message_id)
     return 204, None
 
 
@@ -172,10 +139,11 @@ def delete_message(request, message_id: int):
                     "Words to find: not only spaces, no NUL.", required=True),
         query_param("project_id", ID_QUERY, "Only in this project."),
         query_param("before", ID_QUERY, "A message id (cursor)."),
-        query_param("limit", ID_QUERY, "Items at most (default 50; clamped to 100).")]))
+        query_param("limit", ID_QUERY, f"Items at most (default {DEFAULT_LIMIT}; "
+                    f"clamped to {MAX_SEARCH_LIMIT}).")]))
 def search(request):
     """Full-text search in the caller's projects, newest first."""
-    check_query_is_utf8(request)
+    validate_query_is_utf8(request)
     query = (request.GET.get("q") or "").strip()
     if not query:
         raise BadRequest("q is required.", fields={"q": "required"})
@@ -185,7 +153,8 @@ def search(request):
     project_id = None if project_id in (None, "") else parse_positive_int(project_id, "project_id")
     before = request.GET.get("before")
     before = None if before in (None, "") else parse_positive_int(before, "before")
-    limit = min(parse_positive_int(request.GET.get("limit"), "limit", default=50), 100)
+    limit = parse_positive_int(request.GET.get("limit"), "limit", default=DEFAULT_LIMIT)
+    limit = min(limit, MAX_SEARCH_LIMIT)
     if project_id is not None:
         access_project(request.user, project_id)
     rows, has_more = search_messages(

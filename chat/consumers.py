@@ -1,4 +1,4 @@
-"""The project socket: /ws/projects/{id}/?after={seq} (SPEC §5)."""
+"""The project socket: /ws/projects/{id}/?after={seq} (docs/PROTOCOL.md)."""
 
 import asyncio
 import logging
@@ -64,7 +64,7 @@ class TokenBucket:
 
 
 @db_task
-def check_membership(user, project_id):
+def access_member_project(user, project_id):
     project, _ = access_project(user, project_id)
     return project
 
@@ -131,7 +131,7 @@ class ProjectConsumer(AsyncWebsocketConsumer):
             return await self.close_with(CLOSE_TOO_MANY_SOCKETS)
         try:
             self.project_id = int(self.scope["url_route"]["kwargs"]["project_id"])
-            project = await check_membership(user, self.project_id)
+            project = await access_member_project(user, self.project_id)
         except NotFound:
             return await self.close_with(CLOSE_NO_PROJECT)
         except Forbidden:

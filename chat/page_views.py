@@ -20,14 +20,13 @@ from chat.mentions import split_mentions
 from chat.search import search_messages
 from chat.serializers import serialize_messages, serialize_user
 from chatsite.errors import ChatError, Forbidden, NotFound
+from chatsite.pagination import DEFAULT_LIMIT
 from projects.access import access_project, get_active_project
 from projects.actions import do_mark_read
 from projects.models import Membership
 from projects.selectors import count_members
 from projects.views import render_forbidden, render_not_found
 
-PAGE_SIZE = 50
-SEARCH_PAGE_SIZE = 50
 SNIPPET_CHARS = 300
 
 
@@ -71,7 +70,7 @@ def open_project(request, project_id):
 @require_http_methods(["GET", "HEAD", "POST"])
 @login_required
 def project_page(request, project_id):
-    """GET: the last 50 messages (or an older page); POST: send from the no-JS composer."""
+    """GET: the latest page of messages (or an older one); POST: send from the no-JS composer."""
     project, membership, refusal = open_project(request, project_id)
     if refusal is not None:
         return refusal
@@ -101,17 +100,17 @@ def post_message(request, project, membership):
 def render_project(request, project, membership, *, error=None, draft="", status=200):
     """Render a page of history in a constant number of queries (see the tests).
 
-    `?before=<seq>` shows the 50 messages before that number (the no-JS "older"
+    `?before=<seq>` shows the page of messages before that number (the no-JS "older"
     link); `?around=<seq>` shows the page holding that message (search hits).
     """
     before = parse_seq(request.GET.get("before"))
     around = parse_seq(request.GET.get("around"))
     if around is not None:
-        before = around + PAGE_SIZE // 2
+        before = around + DEFAULT_LIMIT // 2
     # A cursor past the project's last number shows the same rows as no cursor.
     is_latest = before is None or before > project.seq
     rows, has_older = selectors.get_recent_messages(
-        project.pk, before=None if is_latest else before, limit=PAGE_SIZE
+        project.pk, before=None if is_latest else before, limit=DEFAULT_LIMIT
     )
     rows.reverse()  # oldest at the top
     chat_messages = serialize_messages(rows)
@@ -238,7 +237,7 @@ def search_page(request):
             query,
             project_id=project_id,
             before=before,
-            limit=SEARCH_PAGE_SIZE,
+            limit=DEFAULT_LIMIT,
         )
         for message in serialize_messages(rows):
             message["project_name"] = names.get(message["project_id"], "")

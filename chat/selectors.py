@@ -1,29 +1,18 @@
 """Reads of chat history. History is ordered by seq, never by time or offset."""
 
 import functools
-import logging
 
 import orjson
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Q, Subquery
-from prometheus_client import Counter
 
+from chat import history_cache
 from chat.models import Mention, Message
 from chat.serializers import serialize_messages
-from chatsite.cache import get_slot, make_key
-from chatsite.pagination import page_numbered
+from chatsite.pagination import DEFAULT_LIMIT, page_numbered
 from chatsite.rawsql import as_datetime, as_uuid_text
 from projects.models import Project
-
-logger = logging.getLogger(__name__)
-
-CACHE_WARMS = Counter(
-    "chat_history_warms_total",
-    "First history pages rebuilt after a change, by how (applied to the page before, or read)",
-    ["how"],
-)
 
 
 def _messages(project_id):
@@ -33,7 +22,7 @@ def _messages(project_id):
     )
 
 
-def get_recent_messages(project_id, *, before=None, limit=50):
+def get_recent_messages(project_id, *, before=None, limit=DEFAULT_LIMIT):
     """Return (messages newest first, has_more) with seq < before."""
     qs = _messages(project_id)
     if before is not None:
@@ -89,7 +78,7 @@ def _serialize_row(row):
     }
 
 
-def read_history_page(project_id, *, before=None, after=None, limit=50):
+def read_history_page(project_id, *, before=None, after=None, limit=DEFAULT_LIMIT):
     """Return (encoded cursor-history JSON, upto) from one precompiled query.
 
     `upto` is the project's number when the page was read (every change up to
@@ -111,7 +100,7 @@ def read_history_page(project_id, *, before=None, after=None, limit=50):
     return body, (rows[0][-1] if rows else None)
 
 
-def build_history_body(project_id, *, before=None, after=None, limit=50):
+def build_history_body(project_id, *, before=None, after=None, limit=DEFAULT_LIMIT):
     """The encoded cursor-history JSON, from one precompiled query."""
     return read_history_page(project_id, before=before, after=after, limit=limit)[0]
 
@@ -133,7 +122,7 @@ def get_message_page(project_id, *, page, per_page):
     return rows, total
 
 
-def get_user_mentions(user, *, before=None, limit=50):
+def get_user_mentions(user, *, before=None, limit=DEFAULT_LIMIT):
     """Return (mentions of the user newest first, has_more), before mention id `before`.
 
     One query: each mention comes with its message, the message's author and
@@ -171,7 +160,7 @@ def get_user_mentions(user, *, before=None, limit=50):
 
 
 def get_message(message_id):
-    from projects.access import MAX_ID
+    from chatsite.pagination import MAX_ID
 
     if isinstance(message_id, int) and not 0 < message_id <= MAX_ID:
         return None  # no such message (SQLite cannot even compare the number)
@@ -182,134 +171,50 @@ def _messages_by_id():
     return Message.objects.select_related("author")
 
 
-# --- cached bodies: keyed by the project's version, bumped after every change --------
+# --- cached bodies: chat.history_cache keeps them, per project version ----------------
 
 
-def history_slot(project_id, before, after, limit):
-    """The cache slot of a cursor-history read (chatsite.hotpath reads it too)."""
-    return make_key("hist", project_id, before, after, limit)
-
-
-FIRST_PAGE_LIMIT = 50  # the API's default limit, the page client's and locust's
-
-
-def warm_first_page(project_id, version, item=None):
-    """Build a project's first history page for `version`, which this caller just
-    made current (after its commit). Never raises: a reader rebuilds instead.
-
-    The slot holds (version, page, upto): the page holds every change up to
-    number `upto`. `item` is the change's message JSON. When the slot holds the
-    page of the version before and this change is the number after `upto`,
-    the change is applied to that page -- a new message goes on top, an edit
-    or a deletion replaces its item -- instead of reading the page again;
-    otherwise (a gap: some change's after-commit work never ran, or an
-    outdated slot) the page is read. Either way the page holds every change
-    `version` stands for. Two committers that warm at once may store in
-    either order; an older tag left in the slot is only stale, and the next
-    reader rebuilds it.
-    """
-    from chatsite.cache import safe_get, safe_set
-
-    if not settings.CACHE_HOT_READS:
-        return
-    slot = history_slot(project_id, None, None, FIRST_PAGE_LIMIT)
-    entry = safe_get(slot) if item is not None else None
-    if (entry is not None and len(entry) == 3 and entry[0] == version - 1
-            and entry[2] is not None and item["changed_seq"] <= entry[2] + 1):
-        body = _apply_change(entry[1], item, FIRST_PAGE_LIMIT)
-        upto = max(entry[2], item["changed_seq"])
-        CACHE_WARMS.labels("applied").inc()
-    else:
-        try:
-            body, upto = read_history_page(project_id, limit=FIRST_PAGE_LIMIT)
-        except Exception:  # noqa: BLE001 - the send has committed; readers rebuild
-            logger.warning("event=warm_failed project=%s", project_id, exc_info=True)
-            return
-        CACHE_WARMS.labels("read").inc()
-    safe_set(slot, (version, body, upto))
-
-
-def _apply_change(body, item, limit):
-    """A first page's JSON with one more change applied (see warm_first_page)."""
-    page = orjson.loads(body)
-    items = page["items"]
-    if item["seq"] == item["changed_seq"]:  # a new message
-        if items and items[0]["seq"] >= item["seq"]:
-            return body  # the page was read after this message's commit
-        items.insert(0, item)
-        if len(items) > limit:
-            del items[limit:]
-            page["has_more"] = True
-        page["next_cursor"] = items[-1]["seq"] if page["has_more"] else None
-    else:  # an edit or a deletion: its item, if the page shows it, is replaced
-        for i, shown in enumerate(items):
-            if shown["id"] == item["id"]:
-                if shown["changed_seq"] >= item["changed_seq"]:
-                    return body
-                items[i] = item
-                break
-        else:
-            return body  # older than the first page
-    return orjson.dumps(page)
-
-
-def is_cached_history_form(before, after, limit):
-    """Whether this cursor-history read is one worth caching: the first page at
-    the limit the clients ask for (chat.js, the load test and the hot path's
-    default all read limit=50, or no limit).
-
-    Every cached form is a key of up to a couple of megabytes for CACHE_TTL,
-    so a member varying before=, after= or limit could fill the cache: those
-    reads go to the database (one indexed query) uncached.
-    """
-    return before is None and after is None and limit == FIRST_PAGE_LIMIT
-
-
-def get_history_body(user, project_id, *, before=None, after=None, limit=50):
+def get_history_body(user, project_id, *, before=None, after=None, limit=DEFAULT_LIMIT):
     """Check access, then return the encoded cursor-history JSON.
 
-    The first page (is_cached_history_form): the access entry, the project's
-    version and the cached body come in one cache round trip; the body is built
-    once per project version. Other forms: the access entry, then the
-    database. Permission is checked on every request; only the body is shared.
+    The first page (history_cache.is_cached_history_form): the access entry,
+    the project's version and the cached body come in one cache round trip; the
+    body is built once per project version. Other forms: the access entry, then
+    the database. Permission is checked on every request; only the body is shared.
     """
-    from projects.access import access_key, access_project_cached
-
     def build():
         return build_history_body(project_id, before=before, after=after, limit=limit)
 
-    if not is_cached_history_form(before, after, limit):
-        access_project_cached(user, project_id)
-        return build()
-    akey = access_key(user.pk, project_id)
-    return get_slot(
-        history_slot(project_id, before, after, limit), "project", project_id, build,
-        name="history", extra_keys=[akey],
-        check=lambda found: access_project_cached(user, project_id, cached=found[akey]),
-    )
-
-
-CACHED_PAGE, CACHED_PER_PAGE = 1, 50  # projects.api.page_params' defaults
+    cached = history_cache.is_cached_history_form(before, after, limit)
+    slot = history_cache.history_slot(project_id, before, after, limit) if cached else None
+    return _read_with_access(user, project_id, build, slot=slot, name="history")
 
 
 def get_message_page_body(user, project_id, *, page, per_page):
     """Check access, then return the encoded page-numbered history JSON.
 
-    Only the first page at the default per_page is cached (as the cursor
-    history's first page is: other pages and sizes are not worth a key each).
+    Only the first page at the default per_page is cached
+    (history_cache.is_cached_message_page), as the cursor history's first page is.
     """
-    from projects.access import access_key, access_project_cached
-
     def build():
         rows, total = get_message_page(project_id, page=page, per_page=per_page)
         return orjson.dumps(page_numbered(serialize_messages(rows), total, page, per_page))
 
-    if (page, per_page) != (CACHED_PAGE, CACHED_PER_PAGE):
+    cached = history_cache.is_cached_message_page(page, per_page)
+    slot = history_cache.message_page_slot(project_id, page, per_page) if cached else None
+    return _read_with_access(user, project_id, build, slot=slot, name="message_page")
+
+
+def _read_with_access(user, project_id, build, *, slot, name):
+    """Check the caller's cached access entry, then return build()'s body: from
+    the cache slot `slot` (fetched with the access entry) or, without one, built."""
+    from projects.access import access_key, access_project_cached
+
+    if slot is None:
         access_project_cached(user, project_id)
         return build()
     akey = access_key(user.pk, project_id)
-    return get_slot(
-        make_key("page", project_id, page, per_page), "project", project_id, build,
-        name="message_page", extra_keys=[akey],
+    return history_cache.get_cached_page(
+        slot, project_id, build, name=name, extra_keys=[akey],
         check=lambda found: access_project_cached(user, project_id, cached=found[akey]),
     )

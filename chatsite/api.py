@@ -15,6 +15,7 @@ from ninja.parser import Parser
 from ninja.renderers import BaseRenderer
 
 from chatsite.errors import ChatError
+from chatsite.pagination import DEFAULT_PER_PAGE, MAX_ID, MAX_PER_PAGE
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +117,9 @@ def page_query(*extra):
     return [*extra,
             query_param("page", {"type": "integer", "minimum": 1, "maximum": 10**9},
                         "Page number, from 1."),
-            query_param("per_page", {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
-                        "Items a page (default 50; above 100 is clamped to 100).")]
+            query_param("per_page", {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                        f"Items a page (default {DEFAULT_PER_PAGE}; above {MAX_PER_PAGE} "
+                        f"is clamped to {MAX_PER_PAGE}).")]
 
 
 def documented(success, errors=(), query=()):
@@ -268,7 +270,7 @@ def on_unexpected(request, exc):
     return error_response(request, 500, "internal", "Something went wrong on our side.")
 
 
-def check_query_is_utf8(request):
+def validate_query_is_utf8(request):
     """Raise a 400 when the raw query string is not UTF-8 once percent-decoded.
 
     Django decodes it leniently (U+FFFD for bad bytes); a text parameter such
@@ -286,10 +288,9 @@ def check_query_is_utf8(request):
 
 
 # Numbers the database compares or offsets by must fit a signed 64-bit integer.
-MAX_QUERY_INT = 2**63 - 1
 
 
-def parse_positive_int(value, name, *, default=None, minimum=1, maximum=MAX_QUERY_INT):
+def parse_positive_int(value, name, *, default=None, minimum=1, maximum=MAX_ID):
     """Parse a query number in [minimum, maximum] or raise a 400 naming the parameter."""
     from chatsite.errors import BadRequest
 

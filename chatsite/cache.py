@@ -131,12 +131,12 @@ def bump_version(scope, ident):
     *owed* (_owe_bump): this process pays it as soon as the cache takes writes
     again -- before its next bump, version read or slot read, and from a retry
     thread once a second, so it is paid even when no request comes -- and until
-    then this process's Django reads of the scope skip the cache (get_slot), as
-    the database is the only current answer. What this cannot cover: another
-    process's hot path answering from a Redis that comes back before this
-    process has paid (at most the retry interval), or this process exiting
-    first (until CACHE_TTL). Nothing better is possible without Redis: the
-    entries to retire are in it.
+    then this process's Django reads of the scope skip the cache
+    (chat.history_cache.get_cached_page), as the database is the only current
+    answer. What this cannot cover: another process's hot path answering from
+    a Redis that comes back before this process has paid (at most the retry
+    interval), or this process exiting first (until CACHE_TTL). Nothing better
+    is possible without Redis: the entries to retire are in it.
     """
     pay_owed_bumps()
     key = version_key(scope, ident)
@@ -361,34 +361,3 @@ def cache_result(ttl_seconds=None, *, prefix=None):
 
     return decorate
 
-
-def get_slot(slot, scope, ident, build, *, name="read", extra_keys=(), check=None):
-    """Return a cached read tagged with its scope's version.
-
-    One round trip fetches the version, the slot and any extra keys the caller
-    needs; ``check(extras)`` runs before anything is served or built (an access
-    check that raises). The slot holds (version, value) and is used only when
-    its version is current, else rebuilt once per burst. While this process owes
-    the scope a bump (bump_version), the read is built from the database.
-    """
-    pay_owed_bumps()
-    vkey = version_key(scope, ident)
-    found = safe_get_many([vkey, slot, *extra_keys])
-    if check is not None:
-        check({k: found.get(k) for k in extra_keys})
-    if not settings.CACHE_HOT_READS or is_bump_owed(scope, ident):
-        return build()
-    version = found.get(vkey)
-    if version is None:
-        version = get_version(scope, ident)
-    entry = found.get(slot)
-    if entry is not None and entry[0] == version:
-        CACHE_LOOKUPS.labels(name, "hit").inc()
-        return entry[1]
-
-    def build_tagged():
-        return (version, build())
-
-    entry = get_or_build(f"{slot}@{version}", build_tagged, name=name)
-    safe_set(slot, entry)
-    return entry[1]

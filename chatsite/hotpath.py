@@ -7,9 +7,10 @@ level (docs/PERFORMANCE.md, "The hot path"): one cache round trip fetches the
 session (and the user, if this process has not kept it) together with what the
 read needs.
 
-- First history page: the project's version, the cached body and the caller's
-  access entry; when everything is there and valid the cached body is answered
-  as it is. A stale or missing body is declined.
+- First history page: the project's version, the cached body (a
+  chat.history_cache.CachedPage) and the caller's access entry; when everything
+  is there and valid the cached body is answered as it is. A stale or missing
+  body (or one of a shape from before a deploy) is declined.
 - Project list: projects.selectors.ProjectListRead's keys; a current entry is
   answered as it is, else the list is read from the database (one query, the
   Django path's own) and stored, here: under writes the list is retired by
@@ -30,9 +31,10 @@ the session's backend and its hash against the user's password hash, the user
 being active, and for a history page the caller's membership (the access entry
 that membership changes drop; the project list is the caller's own). What it
 keeps in process memory: which user a session key belongs to (a session key
-never changes hands: Django makes a new key at every sign-in), users for
-USER_LOCAL_CACHE_SECONDS as accounts.backends does, the session auth hash of a
-password hash, and the compressed forms of a body version.
+never changes hands: Django makes a new key at every sign-in), users under
+their stamp as accounts.backends keeps them (the stamp is read in the same
+round trip, so a revocation in any process is seen at once), the session auth
+hash of a password hash, and the compressed forms of a body version.
 """
 
 import re
@@ -49,6 +51,7 @@ from chatsite import metrics
 from chatsite.cache import CACHE_ERRORS, CACHE_LOOKUPS
 from chatsite.compression import choose_encoding, compress
 from chatsite.logging import REQUEST_ID_HEADER, accept_request_id
+from chatsite.pagination import DEFAULT_LIMIT, DEFAULT_PER_PAGE, MAX_LIMIT, MAX_PER_PAGE
 
 HOT_PATH = Counter(
     "chat_hot_path_total", "First history page requests by hot-path outcome", ["result"]
@@ -58,9 +61,6 @@ PATH = re.compile(r"/api/projects/([1-9][0-9]{0,17})/messages")
 LIST_PATH = "/api/projects"
 QUERY = re.compile(r"(?:limit=([1-9][0-9]{0,2}))?")
 LIST_QUERY_PART = re.compile(r"(page|per_page)=([1-9][0-9]{0,8})")
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 200  # chat.api.MAX_CURSOR_LIMIT
-DEFAULT_PER_PAGE, MAX_PER_PAGE = 50, 100  # projects.api.page_params
 SESSION_KEY_CHARS = re.compile(r"[a-z0-9]{8,64}")
 _MAP_MAX = 50000
 _COMPRESSED_MAX = 256
@@ -119,10 +119,10 @@ class HotReads:
         limit = int(query.group(1) or DEFAULT_LIMIT)
         if limit > MAX_LIMIT:
             raise Declined("query")
-        secure = self.check_request(environ)
+        secure = self.validate_request(environ)
         session_key, user_id = self.session_user(environ)
 
-        from chat.selectors import history_slot
+        from chat.history_cache import current_page, history_slot
         from chatsite.cache import version_key
         from projects.access import access_key
 
@@ -132,20 +132,22 @@ class HotReads:
                                    access_key(user_id, project_id)])
         if not isinstance(role, str) or role.startswith("!"):
             raise Declined("access")
-        if version is None or entry is None or entry[0] != version:
+        page = None if version is None else current_page(entry, version)
+        if page is None:
             raise Declined("stale")
-        return self.response(environ, entry[1], secure, packed_as=(slot, version))
+        return self.response(environ, page.body, secure, packed_as=(slot, version))
 
     def project_list(self, environ):
-        page, per_page = self.list_query(environ.get("QUERY_STRING", ""))
-        secure = self.check_request(environ)
-        session_key, user_id = self.session_user(environ)
-
         from django.core import signals
         from django.db import OperationalError
 
-        from projects.selectors import ProjectListRead
+        from projects.selectors import ProjectListRead, is_cached_list_form
 
+        page, per_page = self.list_query(environ.get("QUERY_STRING", ""))
+        if not is_cached_list_form(page, per_page):
+            raise Declined("query")  # an uncached form: Django reads it
+        secure = self.validate_request(environ)
+        session_key, user_id = self.session_user(environ)
         read = ProjectListRead(user_id, page, per_page)
         user, values = self.fetch_with_session(session_key, user_id, read.keys)
         # A miss reads the database: as a request to Django would, with its
@@ -173,7 +175,7 @@ class HotReads:
 
     # --- the caller ------------------------------------------------------------------
 
-    def check_request(self, environ):
+    def validate_request(self, environ):
         """Django's checks before any view: the scheme and the Host. Returns is_secure."""
         secure = self.is_secure(environ)
         if settings.SECURE_SSL_REDIRECT and not secure:
@@ -193,25 +195,39 @@ class HotReads:
         return session_key, user_id
 
     def fetch_with_session(self, session_key, user_id, keys):
-        """One round trip for the session, the user (unless kept) and `keys` of the
-        default cache; checks the session as Django would. Returns (user, values)."""
-        from accounts.backends import local_user, remember_user, user_cache_key
+        """One round trip for the session, the user's stamp, the user (unless kept)
+        and `keys` of the default cache; checks the session as Django would.
+        Returns (user, values)."""
+        from accounts.backends import (
+            keeps_user,
+            local_user,
+            remember_user,
+            user_cache_key,
+            user_stamp_key,
+        )
 
-        user = local_user(user_id)
+        kept = keeps_user(user_id)
         pairs = [(settings.SESSION_CACHE_ALIAS, self.session_cache_key(session_key)),
-                 *(("default", key) for key in keys)]
-        if user is None:
+                 *(("default", key) for key in keys), ("default", user_stamp_key(user_id))]
+        if not kept:
             pairs.append(("default", user_cache_key(user_id)))
         found = fetch(pairs)
         session = found[0]
         if not isinstance(session, dict):
             raise Declined("session")
-        if user is None:
+        stamp = found[1 + len(keys)]
+        if stamp is None:
+            raise Declined("user")  # Django's path makes one
+        if kept:
+            user = local_user(user_id, stamp)
+            if user is None:
+                raise Declined("user")  # the stamp moved: Django reads the user again
+        else:
             user = found[-1]
             if user is None or isinstance(user, str):  # missing, or retired by a revocation
                 raise Declined("user")
-            remember_user(user_id, user)
-        self.check_session(session, user, user_id)
+            remember_user(user_id, stamp, user)
+        self.validate_session(session, user, user_id)
         return user, found[1:1 + len(keys)]
 
     def is_secure(self, environ):
@@ -259,7 +275,7 @@ class HotReads:
             self._session_users[session_key] = user_id
         return user_id
 
-    def check_session(self, session, user, user_id):
+    def validate_session(self, session, user, user_id):
         """What django.contrib.auth.get_user checks, else decline (Django decides)."""
         from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 

@@ -170,10 +170,6 @@ DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = ["accounts.backends.CachedModelBackend"]
-# Seconds a process keeps a signed-in user in memory (0: off); see accounts/backends.py.
-# Off by default: a deactivation or a new password must end access in every
-# process at once, and a kept user would outlive it there by up to this long.
-USER_LOCAL_CACHE_SECONDS = env("USER_LOCAL_CACHE_SECONDS", 0.0, float)
 # Seconds a revoked cache entry stays marked so that no reader refills it with
 # what it read before the revocation (chatsite/retired.py).
 REFILL_GUARD_SECONDS = env("REFILL_GUARD_SECONDS", 10, int)
@@ -259,7 +255,7 @@ WS_SEND_QUEUE_FRAMES = env("WS_SEND_QUEUE_FRAMES", 256, int)
 WS_RATE_PER_SECOND = env("WS_RATE_PER_SECOND", 10.0, float)
 WS_RATE_BURST = env("WS_RATE_BURST", 30, int)
 # Messages one user may send per SEND_RATE_WINDOW_SECONDS, HTTP and sockets together
-# (chat.actions.check_send_rate); over it: 429 / rate_limited. 0: no limit.
+# (chat.actions.validate_send_rate); over it: 429 / rate_limited. 0: no limit.
 SEND_RATE_PER_USER = env("SEND_RATE_PER_USER", 60, int)
 # The window of SEND_RATE_PER_USER: fixed windows counted in Redis; fails open when
 # Redis is down (a chat send must not fail because of its limiter).

@@ -1,11 +1,8 @@
 """Permission checks: fetch what the caller may touch, or raise."""
 
 from chatsite.errors import Forbidden, NotFound
+from chatsite.pagination import MAX_ID
 from projects.models import Membership, Project
-
-# Ids are 64-bit; a larger number names nothing (and SQLite raises OverflowError
-# on it instead of finding no row).
-MAX_ID = 2**63 - 1
 
 
 def access_project(user, project_id):

@@ -5,11 +5,11 @@ from ninja.security import django_auth
 
 from chat.serializers import serialize_project
 from chatsite.api import BODY_ERRORS, SIGNED_IN, UNSAFE, documented, page_query, parse_positive_int
+from chatsite.pagination import DEFAULT_PER_PAGE, MAX_PER_PAGE
 from projects import actions, selectors
 from projects.access import access_project, get_active_project
 
 router = Router(tags=["projects"], auth=django_auth)
-MAX_PER_PAGE = 100
 
 
 class ProjectIn(Schema):
@@ -27,10 +27,12 @@ class ReadIn(Schema):
 
 
 def page_params(request):
-    """Parse page and per_page (default 50, clamped to 100) or raise 400."""
+    """Parse page and per_page (DEFAULT_PER_PAGE, clamped to MAX_PER_PAGE) or raise 400."""
     # The offset (page - 1) * per_page must stay a 64-bit number in SQL.
     page = parse_positive_int(request.GET.get("page"), "page", default=1, maximum=10**9)
-    per_page = parse_positive_int(request.GET.get("per_page"), "per_page", default=50)
+    per_page = parse_positive_int(
+        request.GET.get("per_page"), "per_page", default=DEFAULT_PER_PAGE
+    )
     return page, min(per_page, MAX_PER_PAGE)
 
 

@@ -102,6 +102,16 @@ def get_public_projects_to_join(user, *, limit=50):
 # the next read fetches those projects' versions in its first round trip.
 _listed = {}
 _LISTED_MAX = 50000
+# The list forms worth caching: the first pages at the sizes clients ask for.
+# Any other page or size is read from the database and stores nothing, so a
+# caller looping over pages cannot fill the cache with entries nobody reads.
+CACHED_LIST_PAGES = 5
+
+
+def is_cached_list_form(page, per_page):
+    from chatsite.pagination import DEFAULT_PER_PAGE, MAX_PER_PAGE
+
+    return page <= CACHED_LIST_PAGES and per_page in (DEFAULT_PER_PAGE, MAX_PER_PAGE)
 
 
 class ProjectListRead:
@@ -185,7 +195,7 @@ def get_user_projects_body(user, *, page, per_page):
     """Return the encoded project-list JSON of a user (cached: ProjectListRead)."""
     from chatsite.cache import safe_get_many
 
-    if not settings.CACHE_HOT_READS:
+    if not settings.CACHE_HOT_READS or not is_cached_list_form(page, per_page):
         return build_project_list_body(user, page, per_page)
     read = ProjectListRead(user.pk, page, per_page)
     found = safe_get_many(read.keys)

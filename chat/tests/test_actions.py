@@ -104,28 +104,28 @@ def test_check_send_message_accepts_client_msg_id_as_text(member, project):
 
 
 @pytest.mark.parametrize("content", ["", "   ", "\n\t", None, 5])
-def test_check_content_rejects_empty_or_non_text(content):
+def test_validate_content_rejects_empty_or_non_text(content):
     with pytest.raises(Invalid):
-        actions.check_content(content)
+        actions.validate_content(content)
 
 
-def test_check_content_strips_and_enforces_the_limit(settings):
+def test_validate_content_strips_and_enforces_the_limit(settings):
     settings.MESSAGE_MAX_LENGTH = 5
-    assert actions.check_content("  abcde \n") == "abcde"
+    assert actions.validate_content("  abcde \n") == "abcde"
     with pytest.raises(Invalid) as excinfo:
-        actions.check_content("abcdef")
+        actions.validate_content("abcdef")
     assert excinfo.value.fields == {"content": "too_long"}
 
 
-def test_check_content_rejects_nul_characters():
+def test_validate_content_rejects_nul_characters():
     with pytest.raises(Invalid):
-        actions.check_content("a\x00b")
+        actions.validate_content("a\x00b")
 
 
 @pytest.mark.parametrize("value", ["nope", "1234", 12])
-def test_check_client_msg_id_rejects_non_uuids(value):
+def test_validate_client_msg_id_rejects_non_uuids(value):
     with pytest.raises(Invalid):
-        actions.check_client_msg_id(value)
+        actions.validate_client_msg_id(value)
 
 
 def test_check_send_message_by_non_member_is_forbidden(project, outsider):

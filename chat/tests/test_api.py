@@ -81,7 +81,7 @@ def test_cursor_history_query_count_is_constant(
     # auth (session + user); the membership check with its project joined; one
     # SELECT of limit + 1 rows (the extra row answers has_more) with authors
     # joined -- except for the first page, which the last send built again
-    # after its commit (chat.selectors.warm_first_page).
+    # after its commit (chat.history_cache.warm_first_page).
     history_queries = 0 if cursor == "" else 1
     with django_assert_num_queries(auth_queries() + 1 + history_queries):
         response = client_member.get(f"/api/projects/{project.pk}/messages?{cursor}")

@@ -1,4 +1,4 @@
-"""The project socket, frame by frame (SPEC §5), through WebsocketCommunicator."""
+"""The project socket, frame by frame (docs/PROTOCOL.md), through WebsocketCommunicator."""
 
 import asyncio
 import math

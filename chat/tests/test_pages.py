@@ -1,4 +1,4 @@
-"""The server-rendered pages: sign-in, the project page, search (SPEC §4 Pages)."""
+"""The server-rendered pages: sign-in, the project page, search (docs/API.md §9)."""
 
 import json
 import re

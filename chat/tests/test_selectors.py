@@ -68,10 +68,11 @@ def warms(how):
 
 
 def cached_first_page(project_id):
-    from chat.selectors import FIRST_PAGE_LIMIT, history_slot
+    from chat.history_cache import history_slot
     from chatsite.cache import get_version, safe_get
+    from chatsite.pagination import DEFAULT_LIMIT
 
-    entry = safe_get(history_slot(project_id, None, None, FIRST_PAGE_LIMIT))
+    entry = safe_get(history_slot(project_id, None, None, DEFAULT_LIMIT))
     assert entry is not None and entry[0] == get_version("project", project_id)
     return entry[1]
 
@@ -113,14 +114,15 @@ def test_a_page_the_change_is_not_the_next_of_is_read_again(owner, project, send
 
 
 def test_a_page_read_after_the_change_keeps_it_once(owner, project, send):
-    from chat.selectors import FIRST_PAGE_LIMIT, history_slot, warm_first_page
+    from chat.history_cache import history_slot, warm_first_page
     from chatsite.cache import get_version, safe_set
+    from chatsite.pagination import DEFAULT_LIMIT
 
     first = send(owner, project, 1)[0]
     version = get_version("project", project.pk)
     (message, _) = do_send_message(owner, project.pk, "committed, not yet warmed")
     # Another reader already rebuilt the page with this message under the old tag.
-    safe_set(history_slot(project.pk, None, None, FIRST_PAGE_LIMIT),
+    safe_set(history_slot(project.pk, None, None, DEFAULT_LIMIT),
              (version, build_history_body(project.pk)))
     warm_first_page(project.pk, version + 1, serialize_message(message))
     page = orjson.loads(cached_first_page_at(project.pk, version + 1))
@@ -128,10 +130,11 @@ def test_a_page_read_after_the_change_keeps_it_once(owner, project, send):
 
 
 def cached_first_page_at(project_id, version):
-    from chat.selectors import FIRST_PAGE_LIMIT, history_slot
+    from chat.history_cache import history_slot
     from chatsite.cache import safe_get
+    from chatsite.pagination import DEFAULT_LIMIT
 
-    entry = safe_get(history_slot(project_id, None, None, FIRST_PAGE_LIMIT))
+    entry = safe_get(history_slot(project_id, None, None, DEFAULT_LIMIT))
     assert entry[0] == version
     return entry[1]
 

@@ -1,4 +1,4 @@
-"""Sends are limited per user, HTTP and sockets together (chat.actions.check_send_rate);
+"""Sends are limited per user, HTTP and sockets together (chat.actions.validate_send_rate);
 the limiter fails open when the cache is unreachable."""
 
 import types

@@ -88,7 +88,7 @@ def parse_ws_users(value, users):
         ) from None
 
 
-def check_project_ids(text):
+def parse_project_ids_option(text):
     """Parse --project-ids into a tuple of project ids, or raise CommandError."""
     try:
         ids = parse_project_ids(text)
@@ -175,7 +175,7 @@ class Command(BaseCommand):
                             help="do not show locust's own output")
 
     # -- checks --------------------------------------------------------------
-    def check_options(self, options):
+    def validate_options(self, options):
         """Check the options; return the URL, the run's shape and the locust config."""
         url = options["url"].rstrip("/")
         parts = urlparse(url)
@@ -247,7 +247,7 @@ class Command(BaseCommand):
             raise CommandError("locust is not installed: pip install -r requirements-dev.txt")
         project_ids = ()
         if options["project_ids"] is not None:
-            project_ids = check_project_ids(options["project_ids"])
+            project_ids = parse_project_ids_option(options["project_ids"])
         config = LoadTestConfig(
             ws_url=(ws_url or "").rstrip("/"),
             users_prefix=options["users_prefix"],
@@ -344,7 +344,7 @@ class Command(BaseCommand):
 
     # -- run -----------------------------------------------------------------
     def handle(self, *args, **options):
-        url, duration, spawn_rate, ws_users, rate, config = self.check_options(options)
+        url, duration, spawn_rate, ws_users, rate, config = self.validate_options(options)
         users = options["users"]
         first = config.first_index
         username = config.username_of(first)
