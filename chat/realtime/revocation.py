@@ -37,16 +37,14 @@ def on_access_event(registry, data):
         if hub is not None:
             user_ids = event.get("user_ids")
             wanted = None if user_ids is None else set(user_ids)
-            recheck(registry, [c for c in hub.consumers
-                          if wanted is None or c.user_id in wanted], project_id=project_id)
+            concerned = [c for c in hub.consumers if wanted is None or c.user_id in wanted]
+            recheck(registry, concerned, project_id=project_id)
     if user_id is not None:
         sockets = list(registry.sockets.get(user_id, ()))
         ended = event.get("session")
         if ended is None:
             recheck(registry, sockets, session=True)
         else:
-            from chat.consumers import CLOSE_NOT_SIGNED_IN
-
             for consumer in sockets:
                 if consumer.session_hash == ended:
                     metrics.SOCKETS_REVOKED.labels(str(CLOSE_NOT_SIGNED_IN)).inc()
