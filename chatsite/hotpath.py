@@ -150,6 +150,9 @@ class HotReads:
         session_key, user_id = self.session_user(environ)
         read = ProjectListRead(user_id, page, per_page)
         user, values = self.fetch_with_session(session_key, user_id, read.keys)
+        body = read.current(values)
+        if body is not None:
+            return self.response(environ, body, secure)
         # A miss reads the database: as a request to Django would, with its
         # connection given back (to the pool) when the request ends.
         signals.request_started.send(sender=self.__class__, environ=environ)
