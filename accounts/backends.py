@@ -7,8 +7,9 @@ password, a deletion: accounts.signals) replaces. A kept user is used only
 while the stamp it was kept under is still the cache's, so a revocation in any
 process ends it in every process at the next request, and no process keeps a
 user it read before the revocation (it kept it under the old stamp). Checking
-the stamp is one small GET (the hot path reads it in its one round trip with
-the session); the pickled user is fetched and decoded only when the stamp
+the stamp costs no round trip of its own once a process knows a session's user:
+it comes with the session (accounts.session_store; the hot path reads it in
+its one round trip too); the pickled user is fetched and decoded only when the stamp
 moved or the process has not kept it. Without a stamp (the cache is
 unreachable) nothing is kept: the user is read from the database.
 """
@@ -90,7 +91,9 @@ class CachedModelBackend(ModelBackend):
             user_id = int(user_id)
         except (TypeError, ValueError):
             return None
-        stamp = current_stamp(user_id)
+        from accounts.session_store import prefetched_stamp
+
+        stamp = current_stamp(user_id, prefetched_stamp(user_id))
         user = local_user(user_id, stamp)
         if user is None:
             cached = safe_get(user_cache_key(user_id))

@@ -217,7 +217,7 @@ if REDIS_URL:
         },
     }
     DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
-    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+    SESSION_ENGINE = "accounts.session_store"  # cached_db, loaded with the user's stamp
     SESSION_CACHE_ALIAS = "sessions"
 else:
     CACHES = {
@@ -226,7 +226,7 @@ else:
             "TIMEOUT": CACHE_TTL,
         }
     }
-    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+    SESSION_ENGINE = "accounts.session_store"  # cached_db, loaded with the user's stamp
 
 # --- Chat behaviour -------------------------------------------------------------
 MESSAGE_MAX_LENGTH = env("MESSAGE_MAX_LENGTH", 10000, int)

@@ -71,3 +71,26 @@ def test_the_hot_path_stops_serving_a_kept_user_whose_stamp_moved(member, projec
     status, _, _ = call(hot, environ(messages_path(project), client))
     assert declined("user") == before + 1  # Django answered instead
     assert status in (401, 403)
+
+
+def test_djangos_path_reads_the_stamp_with_the_session(member, monkeypatch):
+    """Once the process knows the session's user: no GET of its own for the
+    stamp; a stamp moved elsewhere still ends the user at the next request."""
+    from django.test import Client
+
+    from chatsite import cache as chat_cache
+
+    client = Client()
+    client.force_login(member)
+    assert client.get("/api/auth/me").status_code == 200  # learns the session's user
+    assert client.get("/api/auth/me").status_code == 200
+    reads = []
+    real = chat_cache.safe_get
+    monkeypatch.setattr(chat_cache, "safe_get", lambda key, *a: reads.append(key) or real(key, *a))
+    import accounts.backends as backends
+
+    monkeypatch.setattr(backends, "safe_get", chat_cache.safe_get)
+    assert client.get("/api/auth/me").status_code == 200
+    assert user_stamp_key(member.pk) not in reads
+    revoke_elsewhere(member)
+    assert client.get("/api/auth/me").status_code == 401

@@ -83,7 +83,8 @@ def contents(frames):
 async def send(user, project_id, content):
     from chat.actions import do_send_message
 
-    await sync_to_async(do_send_message, thread_sensitive=False)(user, project_id, content)
+    # On the sync thread the sockets' database work uses too (SQLite locks otherwise).
+    await sync_to_async(do_send_message)(user, project_id, content)
 
 
 async def assert_revoked(revoked, bystander, sender, project_id, code):
