@@ -236,13 +236,7 @@ def count_in_window(name, window_seconds):
     left = window_seconds - now % window_seconds
     try:
         if _is_redis():
-            # INCR and EXPIRE pipelined: one round trip. The window number is in
-            # the key, so renewing its expiry on every count is harmless.
-            full_key = cache.make_key(key)
-            pipe = cache.client.get_client(write=True).pipeline(transaction=False)
-            pipe.incr(full_key)
-            pipe.expire(full_key, int(window_seconds) + 1)
-            count = pipe.execute()[0]
+            count = _add_in_redis(key, 1, window_seconds)
         else:
             cache.add(key, 0, window_seconds + 1)
             try:
@@ -257,15 +251,21 @@ def count_in_window(name, window_seconds):
     return count, key, left
 
 
+def _add_in_redis(key, delta, window_seconds):
+    """INCRBY and EXPIRE pipelined: one round trip. The window number is in the
+    key, so renewing its expiry on every count is harmless."""
+    full_key = cache.make_key(key)
+    pipe = cache.client.get_client(write=True).pipeline(transaction=False)
+    pipe.incrby(full_key, delta)
+    pipe.expire(full_key, int(window_seconds) + 1)
+    return pipe.execute()[0]
+
+
 def uncount(key, window_seconds):
     """Take back one event counted by count_in_window under `key`. Never raises."""
     try:
         if _is_redis():
-            full_key = cache.make_key(key)
-            pipe = cache.client.get_client(write=True).pipeline(transaction=False)
-            pipe.decr(full_key)
-            pipe.expire(full_key, int(window_seconds) + 1)
-            pipe.execute()
+            _add_in_redis(key, -1, window_seconds)
         else:
             cache.decr(key)
     except ValueError:  # the window's counter is gone already
