@@ -3,6 +3,7 @@
 from django.http import HttpResponse
 from ninja import Router, Schema
 from ninja.security import django_auth
+from pydantic import StrictInt
 
 from chat import actions, selectors
 from chat.search import search_messages
@@ -34,7 +35,8 @@ LIMIT_QUERY = query_param(
 
 
 class MessageIn(Schema):
-    project_id: int
+    # Strict: `true` or "1" is not a project id (pydantic would coerce both).
+    project_id: StrictInt
     content: str
     client_msg_id: str | None = None
 

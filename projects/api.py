@@ -2,6 +2,7 @@
 from django.http import HttpResponse
 from ninja import Router, Schema
 from ninja.security import django_auth
+from pydantic import StrictBool, StrictInt
 
 from chat.serializers import serialize_project
 from chatsite.api import BODY_ERRORS, SIGNED_IN, UNSAFE, documented, page_query, parse_positive_int
@@ -15,7 +16,8 @@ router = Router(tags=["projects"], auth=django_auth)
 class ProjectIn(Schema):
     name: str
     description: str | None = ""
-    is_private: bool | None = False
+    # Strict: 1 or "yes" is not a boolean (pydantic would coerce both).
+    is_private: StrictBool | None = False
 
 
 class MemberIn(Schema):
@@ -23,7 +25,7 @@ class MemberIn(Schema):
 
 
 class ReadIn(Schema):
-    seq: int
+    seq: StrictInt
 
 
 def page_params(request):

@@ -102,6 +102,27 @@ def test_nasty_bodies_are_a_4xx_in_the_error_shape(world, method, path):
         assert_4xx(send(client, method, url, body), f"{method} {url} {name}")
 
 
+@pytest.mark.parametrize("path,body", [
+    ("/api/messages", {"project_id": True, "content": "hi"}),
+    ("/api/messages", {"project_id": "{pub}", "content": "hi"}),
+    ("/api/projects", {"name": "N", "is_private": 1}),
+    ("/api/projects/{project_id}/read", {"seq": True}),
+])
+def test_a_number_or_boolean_of_another_type_is_422_and_stores_nothing(world, path, body):
+    """JSON types are kept: `true` is no project id, 1 no boolean, "3" no number
+    (pydantic would coerce each; schemathesis found `project_id: true` accepted)."""
+    from chat.models import Message
+    from projects.models import Project
+
+    users, ids = world
+    body = {k: (str(ids["pub"]) if v == "{pub}" else v) for k, v in body.items()}
+    before = (Message.objects.count(), Project.objects.count())
+    response = send(browser_client(users["member"]), "POST", fill(path, ids), orjson.dumps(body))
+    assert response.status_code == 422, response.content
+    assert_error_shape(response)
+    assert (Message.objects.count(), Project.objects.count()) == before
+
+
 @pytest.mark.parametrize("body", [b"\xff\xfe\xfd", b'{"project_id": 1, "content": "\xc3\x28"}',
                                   b'{"content": "\xed\xa0\x80"}'])
 def test_invalid_utf8_json_body_is_400(world, body):
