@@ -60,11 +60,20 @@ def real_ids():
     return st.integers(0, 10).map(lambda i: REAL["ids"][i % len(REAL["ids"])])
 
 
+def is_id(value):
+    # A generated boolean is a negative case (True is an int to Python): kept.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @schema.hook
 def flatmap_path_parameters(ctx, path_parameters):
     if not path_parameters:
         return st.just(path_parameters)
-    real = st.fixed_dictionaries({name: real_ids() for name in path_parameters})
+    ids = [name for name, value in path_parameters.items() if is_id(value)]
+    if not ids:
+        return st.just(path_parameters)
+    real = st.fixed_dictionaries({name: real_ids() for name in ids}).map(
+        lambda r: {**path_parameters, **r})
     return st.one_of(st.just(path_parameters), st.just(path_parameters), real)
 
 
@@ -73,7 +82,7 @@ def flatmap_body(ctx, body):
     if not isinstance(body, dict):
         return st.just(body)
     replaced = {}
-    if isinstance(body.get("project_id"), int):
+    if is_id(body.get("project_id")):
         replaced["project_id"] = real_ids()
     if isinstance(body.get("username"), str):
         replaced["username"] = st.sampled_from(REAL["usernames"])
