@@ -29,12 +29,11 @@ from chat.realtime.frames import (
 from chat.realtime.hub import (
     access_events,
     db_task,
-    get_registry,
     join_project,
     listen_for_revocations,
 )
 from chat.realtime.notify import notify_typing, session_fingerprint
-from chat.realtime.revocation import recheck
+from chat.realtime.revocation import verdicts
 from chat.selectors import get_changes_after
 from chat.serializers import serialize_message, serialize_messages
 from chatsite.errors import ChatError, Forbidden, NotFound
@@ -123,8 +122,8 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         if self.session_key:
             self.session_hash = session_fingerprint(self.session_key)
         self.held = []
-        # Revocations heard while this socket is checked and joined are
-        # checked again once it is in its hub (it was not there to be held).
+        # A revocation heard while this socket is checked and joined (it was
+        # not in its hub to be held) is checked again before anything is sent.
         await listen_for_revocations()
         events_before = access_events()
         if not await self.claim_socket():
@@ -140,7 +139,11 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         self.hub = await join_project(self.project_id, self)
         metrics.WEBSOCKET_CONNECTIONS_ACTIVE.inc()
         if access_events() != events_before:
-            recheck(get_registry(), [self], project_id=project.pk, session=True)
+            code = (await verdicts([self], project.pk, session=True)).get(self)
+            if code is not None:
+                metrics.SOCKETS_REVOKED.labels(str(code)).inc()
+                self.leave_hub()
+                return await self.close_with(code)
         upto = self.hub.flushed_seq
         await self.send(text_data=encode_frame(
             {"type": "hello", "project_id": self.project_id, "seq": upto}

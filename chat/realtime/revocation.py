@@ -72,25 +72,31 @@ def recheck(registry, consumers, *, project_id=None, session=False):
         _recheck(consumers, project_id, session), context=contextvars.Context())
 
 
-async def _recheck(consumers, project_id, session):
-    verdicts = {}
+async def verdicts(consumers, project_id, session):
+    """{socket: close code} for the sockets that lost access (the others are absent)."""
+    found = {}
     try:
         if session:
             keys = {(c.user_id, c.session_key) for c in consumers}
             valid = await _sessions_still_valid(keys)
             for consumer in consumers:
                 if (consumer.user_id, consumer.session_key) not in valid:
-                    verdicts[consumer] = CLOSE_NOT_SIGNED_IN
+                    found[consumer] = CLOSE_NOT_SIGNED_IN
         if project_id is not None:
             allowed = await _members_with_access(project_id, {c.user_id for c in consumers})
             for consumer in consumers:
                 if consumer.user_id not in allowed:
-                    verdicts.setdefault(consumer, CLOSE_NOT_MEMBER)
+                    found.setdefault(consumer, CLOSE_NOT_MEMBER)
     except Exception:  # noqa: BLE001 - cannot confirm access: fail closed, retryable
         logger.warning("event=access_recheck_failed", exc_info=True)
-        verdicts = dict.fromkeys(consumers, CLOSE_ACCESS_CHECK_FAILED)
+        found = dict.fromkeys(consumers, CLOSE_ACCESS_CHECK_FAILED)
+    return found
+
+
+async def _recheck(consumers, project_id, session):
+    found = await verdicts(consumers, project_id, session)
     for consumer in consumers:
-        code = verdicts.get(consumer)
+        code = found.get(consumer)
         if code is None:
             consumer.release()
         else:

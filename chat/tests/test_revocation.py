@@ -265,7 +265,8 @@ async def test_a_spurious_revocation_closes_nothing_and_holds_nothing_back(peopl
 
 
 async def test_a_revocation_heard_while_connecting_is_checked_again(people, project):
-    """The socket was checked before the leave and joined its hub after the event."""
+    """The socket was checked before the leave and joined its hub after the event:
+    it is closed before anything (hello, replay, live) is sent."""
     from projects.actions import do_leave_project
 
     member = people["member"]
@@ -279,12 +280,18 @@ async def test_a_revocation_heard_while_connecting_is_checked_again(people, proj
         return await real_join(project_id, consumer)
 
     consumers.join_project = join_after_the_leave
+    session_key = people["clients"]["member"].cookies[settings.SESSION_COOKIE_NAME].value
+    member_socket = WebsocketCommunicator(
+        app(), f"/ws/projects/{project.pk}/?after=0",
+        headers=[(b"origin", b"http://testserver"),
+                 (b"cookie", f"{settings.SESSION_COOKIE_NAME}={session_key}".encode())])
     try:
-        member_socket = await open_socket(people["clients"]["member"], project.pk)
+        await member_socket.connect()
+        frames, code = await frames_until_close(member_socket)
     finally:
         consumers.join_project = real_join
-    _, code = await frames_until_close(member_socket)
     assert code == CLOSE_NOT_MEMBER
+    assert frames == []
 
 
 @override_settings(WS_MAX_SOCKETS_PER_USER=2)
