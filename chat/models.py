@@ -1,3 +1,5 @@
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -17,6 +19,20 @@ class Message(models.Model):
         db_index=False,
     )
     content = models.TextField()
+    # The rendering of `content` (docs/API.md "Formatting"), made at send and
+    # edit by chat.rendering; `render_version` is the renderer's version that
+    # made it (0: never rendered), and a row of an older version is rendered
+    # again when read (chat.rendering.ensure_rendered) or in a batch
+    # (`manage.py rerender_messages`).
+    content_html = models.TextField(default="", blank=True)
+    render_version = models.PositiveSmallIntegerField(default=0)
+    # Kept on the row so a page of history stays one query: the message's
+    # reactions as the API shows them ([{"emoji", "count", "user_ids"}], in
+    # order of first use), rewritten from the Reaction rows whenever they
+    # change (chat.reactions), and its attachments' JSON (chat.uploads),
+    # fixed at send. Both are emptied when the message is deleted.
+    reaction_summary = models.JSONField(default=list, blank=True)
+    attachment_summary = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     seq = models.BigIntegerField()
@@ -101,3 +117,86 @@ class Mention(models.Model):
 
     def __str__(self):
         return f"@{self.user_id} in {self.message_id}"
+
+
+class Reaction(models.Model):
+    """One user's emoji on one message (docs/API.md "Reactions").
+
+    The source of truth; the message's `reaction_summary` is rebuilt from
+    these rows in the same transaction as every change.
+    """
+
+    # Served by uniq_reaction_message_user_emoji, which leads with message.
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, related_name="reactions", db_index=False
+    )
+    # Served by idx_reaction_user (a deleted user's rows).
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reactions",
+        db_index=False,
+    )
+    emoji = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["user"], name="idx_reaction_user")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["message", "user", "emoji"], name="uniq_reaction_message_user_emoji"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.emoji} by {self.user_id} on {self.message_id}"
+
+
+def upload_path(instance, filename):
+    """Where an upload's bytes go in the storage: never the client's name."""
+    return f"uploads/{instance.project_id}/{uuid.uuid4().hex}"
+
+
+class Upload(models.Model):
+    """A file uploaded into a project; attached to at most one message (chat.uploads).
+
+    Unattached uploads older than a day are removed by `manage.py
+    purge_uploads`; a deleted message's uploads stop being served and their
+    files are removed.
+    """
+
+    # Served by idx_upload_owner_created (lists and purge by owner) and by
+    # the primary key for every other read.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="uploads",
+        db_index=False,
+    )
+    project = models.ForeignKey(
+        "projects.Project", on_delete=models.CASCADE, related_name="uploads",
+        db_index=False,
+    )
+    message = models.ForeignKey(
+        Message, on_delete=models.SET_NULL, null=True, blank=True, related_name="uploads",
+    )
+    file = models.FileField(upload_to=upload_path, max_length=255)
+    thumbnail = models.FileField(upload_to=upload_path, max_length=255, blank=True)
+    original_name = models.CharField(max_length=255)
+    size = models.BigIntegerField()
+    # Decided from the bytes (chat.uploads), never from the client's header.
+    content_type = models.CharField(max_length=100)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    # Set when its message is deleted: never served again.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["owner", "created_at"], name="idx_upload_owner_created"),
+            # Serves purge_uploads: unattached uploads by age.
+            models.Index(
+                fields=["created_at"], name="idx_upload_unattached_created",
+                condition=models.Q(message__isnull=True),
+            ),
+        ]
+
+    def __str__(self):
+        return self.original_name

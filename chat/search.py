@@ -4,6 +4,7 @@ from django.db import connection
 from django.db.models import BigIntegerField, ExpressionWrapper, F
 
 from chat.models import Message
+from chat.serializers import MESSAGE_FIELDS
 from projects.models import Membership
 
 
@@ -45,11 +46,7 @@ def search_messages(user, query, *, project_id=None, before=None, limit=50):
         qs = qs.filter(content__icontains=query)
     rows = list(
         qs.select_related("author")
-        .only(
-            "id", "project_id", "seq", "changed_seq", "content", "created_at",
-            "edited_at", "deleted_at", "client_msg_id", "author_id", "author__id",
-            "author__username",
-        )
+        .only(*MESSAGE_FIELDS, "author__id", "author__username")
         .order_by(newest_first)[: limit + 1]
     )
     return rows[:limit], len(rows) > limit

@@ -9,16 +9,16 @@ from django.db.models import Q, Subquery
 
 from chat import history_cache
 from chat.models import Mention, Message
-from chat.serializers import serialize_messages
+from chat.rendering import current_html
+from chat.serializers import MESSAGE_FIELDS, serialize_messages
 from chatsite.pagination import DEFAULT_LIMIT, page_numbered
-from chatsite.rawsql import as_datetime, as_uuid_text
+from chatsite.rawsql import as_datetime, as_json, as_uuid_text
 from projects.models import Project
 
 
 def _messages(project_id):
     return Message.objects.filter(project_id=project_id).select_related("author").only(
-        "id", "project_id", "seq", "changed_seq", "content", "created_at", "edited_at",
-        "deleted_at", "client_msg_id", "author_id", "author__id", "author__username",
+        *MESSAGE_FIELDS, "author__id", "author__username"
     )
 
 
@@ -52,7 +52,9 @@ def _history_sql(kind):
     }[kind]
     return (
         "SELECT m.id, m.project_id, m.seq, m.changed_seq, m.author_id, u.username,"
-        " m.content, m.created_at, m.edited_at, m.deleted_at, m.client_msg_id, p.seq"
+        " m.content, m.content_html, m.render_version, m.reaction_summary,"
+        " m.attachment_summary, m.created_at, m.edited_at, m.deleted_at, m.client_msg_id,"
+        " p.seq"
         f" FROM {message} m INNER JOIN {user} u ON u.id = m.author_id"
         f" INNER JOIN {project} p ON p.id = m.project_id"
         f" WHERE m.project_id = %s{where} ORDER BY {order} LIMIT %s"
@@ -61,8 +63,9 @@ def _history_sql(kind):
 
 def _serialize_row(row):
     """serialize_message's JSON of one _history_sql row."""
-    (pk, project_id, seq, changed_seq, author_id, username, content, created_at,
-     edited_at, deleted_at, client_msg_id, _upto) = row
+    (pk, project_id, seq, changed_seq, author_id, username, content, content_html,
+     render_version, reactions, attachments, created_at, edited_at, deleted_at,
+     client_msg_id, _upto) = row
     deleted = deleted_at is not None
     return {
         "id": pk,
@@ -71,6 +74,11 @@ def _serialize_row(row):
         "changed_seq": changed_seq,
         "user": {"id": author_id, "username": username},
         "content": "" if deleted else content,
+        "content_html": "" if deleted else current_html(
+            pk, content, content_html, render_version
+        ),
+        "reactions": [] if deleted else as_json(reactions),
+        "attachments": [] if deleted else as_json(attachments),
         "created_at": as_datetime(created_at),
         "edited_at": as_datetime(edited_at),
         "deleted": deleted,
@@ -149,9 +157,7 @@ def get_user_mentions(user, *, before=None, limit=DEFAULT_LIMIT):
         qs.select_related("message", "message__author", "project")
         .only(
             "id", "created_at", "project_id", "project__id", "project__name",
-            "message__id", "message__project_id", "message__seq", "message__changed_seq",
-            "message__content", "message__created_at", "message__edited_at",
-            "message__deleted_at", "message__client_msg_id", "message__author_id",
+            *(f"message__{field}" for field in MESSAGE_FIELDS),
             "message__author__id", "message__author__username",
         )
         .order_by("-created_at", "-id")[: limit + 1]

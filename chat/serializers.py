@@ -1,5 +1,15 @@
 """One serializer per payload, shared by the API, the pages and the WebSocket."""
 
+from chat.rendering import current_html
+
+# The Message fields serialize_message reads (for .only() in every query whose
+# rows it serializes: a field left out would cost a query per message).
+MESSAGE_FIELDS = (
+    "id", "project_id", "seq", "changed_seq", "content", "content_html", "render_version",
+    "reaction_summary", "attachment_summary", "created_at", "edited_at", "deleted_at",
+    "client_msg_id", "author_id",
+)
+
 
 def serialize_message(message):
     """Return the message JSON of docs/API.md §6 (a deleted message keeps no content)."""
@@ -11,6 +21,11 @@ def serialize_message(message):
         "changed_seq": message.changed_seq,
         "user": {"id": message.author_id, "username": message.author.username},
         "content": "" if deleted else message.content,
+        "content_html": "" if deleted else current_html(
+            message.pk, message.content, message.content_html, message.render_version
+        ),
+        "reactions": [] if deleted else message.reaction_summary,
+        "attachments": [] if deleted else message.attachment_summary,
         "created_at": message.created_at,
         "edited_at": message.edited_at,
         "deleted": deleted,

@@ -9,6 +9,8 @@ UUIDs, SQLite returns text (or naive datetimes), which these turn into the same.
 import datetime
 import uuid
 
+import orjson
+
 from django.utils.dateparse import parse_datetime
 
 
@@ -30,3 +32,10 @@ def as_uuid_text(value):
     if not isinstance(value, uuid.UUID):
         value = uuid.UUID(str(value))
     return str(value)
+
+
+def as_json(value):
+    """A JSONField value: the driver's text (Django reads json as text) decoded."""
+    if isinstance(value, str | bytes):
+        return orjson.loads(value)
+    return value
