@@ -107,6 +107,43 @@ class Bench:
         return next(p["id"] for p in items if p["name"] == name)
 
 
+RICH_TEXTS = [
+    "**Release** is _tomorrow_: see https://example.com/notes and `make deploy` @user2",
+    "> quoted from the spec\n\n- one\n- two with `code`\n- ~~three~~ done",
+    "```\nSELECT id FROM chat_message WHERE project_id = 1 ORDER BY seq DESC LIMIT 50;\n```",
+    "Thanks @user3, that fixed it. Plain words for the rest of the line, as most are.",
+]
+RICH_EMOJI = ["👍", "🎉", "❤️"]
+
+
+def seed_rich_project(base_url, *, messages=60, reactors=3):
+    """A project of formatted messages, each with RICH_EMOJI reactions by `reactors`
+    users, created through the API (as a client would); returns its id."""
+    owner = login(base_url, "user1", LOAD_PASSWORD)
+    def post(session, path, body):
+        r = session.post(base_url + path, json=body, timeout=30, headers={
+            "X-CSRFToken": session.csrf, "Referer": base_url + "/"})
+        r.raise_for_status()
+        return r.json() if r.content else None
+    pid = post(owner, "/api/projects", {"name": "Rich", "description": "formatted"})["id"]
+    sessions = [owner]
+    for n in range(2, 2 + reactors):
+        member = login(base_url, f"user{n}", LOAD_PASSWORD)
+        post(member, f"/api/projects/{pid}/join", {})
+        sessions.append(member)
+    for i in range(messages):
+        message = post(owner, "/api/messages",
+                       {"project_id": pid, "content": RICH_TEXTS[i % len(RICH_TEXTS)]})
+        for member, emoji in zip(sessions[1:], RICH_EMOJI * reactors, strict=False):
+            post(member, f"/api/messages/{message['id']}/reactions", {"emoji": emoji})
+    return pid
+
+
+def body_size(base_url, path):
+    return len(login(base_url, "user1", LOAD_PASSWORD).get(
+        base_url + path, headers={"Accept-Encoding": "identity"}).content)
+
+
 def table(title, rows, command):
     lines = [f"### {title}", "", f"Command: `{command}`", "",
              "| variant | req/s | p50 | p90 | p95 | p99 | non-2xx | server CPU ms/req "
@@ -157,6 +194,24 @@ def main():
             off.stop()
             sections.append(table("Cached vs uncached first history page (granian, 64 "
                                   "connections)", rows, command))
+        if "rich" in want:
+            # Today's plain first page next to a page of formatted messages with
+            # reactions (docs/PERFORMANCE.md "Richer messages").
+            srv = bench.server({"SEND_RATE_PER_USER": "0"})
+            pid = bench.project_id(srv)
+            rich = seed_rich_project(srv.url)
+            plain_page = f"/api/projects/{pid}/messages"
+            rich_page = f"/api/projects/{rich}/messages"
+            rows = [
+                bench.measure(srv, "/healthz", cookie=False, label="calibration: /healthz"),
+                bench.measure(srv, plain_page, label="first history page, plain seed text, "
+                              f"{body_size(srv.url, plain_page):,} B"),
+                bench.measure(srv, rich_page, label="first history page, formatted + 3 "
+                              f"reactions each, {body_size(srv.url, rich_page):,} B"),
+            ]
+            srv.stop()
+            sections.append(table("Richer messages: cached first history page, hot path "
+                                  "(granian, 64 connections)", rows, command))
         if "server" in want:
             rows = []
             for http, name in (("granian", "granian WSGI"), ("uvicorn", "uvicorn + a2wsgi")):

@@ -15,10 +15,12 @@ from django.utils import timezone
 
 from chat.history_cache import warm_first_page
 from chat.mentions import find_mentions
-from chat.models import Mention, Message
+from chat.models import Mention, Message, Reaction
 from chat.realtime.notify import publish_change_on_commit
+from chat.rendering import RENDER_VERSION, render
 from chat.selectors import get_message
 from chat.serializers import serialize_message
+from chat.uploads import attach_uploads, release_message_uploads, validate_attachment_ids
 from chatsite.cache import bump_version, count_in_window, uncount
 from chatsite.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited
 from projects.access import access_project, access_project_cached
@@ -72,12 +74,15 @@ def take_next_seq(project_id):
         return cursor.fetchone()[0]
 
 
-def validate_content(content):
-    """Return stripped content or raise Invalid (empty or over the limit)."""
+def validate_content(content, *, allow_empty=False):
+    """Return stripped content or raise Invalid (empty or over the limit).
+
+    allow_empty: a message with attachments may have no text.
+    """
     if not isinstance(content, str):
         raise Invalid("Message content must be text.", fields={"content": "type"})
     content = content.strip()
-    if not content:
+    if not content and not allow_empty:
         raise Invalid("A message cannot be empty.", fields={"content": "empty"})
     limit = settings.MESSAGE_MAX_LENGTH
     if len(content) > limit:
@@ -98,16 +103,19 @@ def validate_client_msg_id(value):
         raise Invalid("client_msg_id must be a UUID.", fields={"client_msg_id": "uuid"})
 
 
-def check_send_message(user, project_id, content, client_msg_id=None):
+def check_send_message(user, project_id, content, client_msg_id=None, attachment_ids=None):
     """Validate a send and perform it. Return (message, created).
 
     Membership is checked against the cached access entry, as the hot reads
     are (no query while it is cached; membership and project changes drop it).
     HTTP and socket sends both come here, so they share the sender's rate
-    limit (validate_send_rate).
+    limit (validate_send_rate). attachment_ids: the sender's own unattached
+    uploads in the project (chat.uploads.attach_uploads); with any, the
+    content may be empty.
     """
     access_project_cached(user, project_id)
-    content = validate_content(content)
+    attachment_ids = validate_attachment_ids(attachment_ids)
+    content = validate_content(content, allow_empty=bool(attachment_ids))
     client_msg_id = validate_client_msg_id(client_msg_id)
     try:
         counted = validate_send_rate(user)
@@ -117,7 +125,9 @@ def check_send_message(user, project_id, content, client_msg_id=None):
         if existing is None:
             raise
         return existing, False
-    message, created = do_send_message(user, project_id, content, client_msg_id)
+    message, created = do_send_message(
+        user, project_id, content, client_msg_id, attachment_ids=attachment_ids
+    )
     if not created and counted is not None:
         # A retry stores nothing, so it gives its count back: concurrent
         # retries of one send must not use up the sender's allowance.
@@ -173,13 +183,19 @@ def _existing(user, client_msg_id, project_id):
     return existing
 
 
-def do_send_message(user, project_id, content, client_msg_id=None):
+def do_send_message(user, project_id, content, client_msg_id=None, *, attachment_ids=()):
     """Store a message under the project's next number; broadcast after commit.
 
     A repeated client_msg_id is found by the unique (author, client_msg_id)
     constraint, not looked up first: a first send (the common case) spends no
     query on it, and a repeat's transaction rolls back, number included.
     """
+    # Before the transaction: the rendering stored with the row needs the
+    # mentioned names' user ids (the same one query as before), and neither
+    # that query nor the rendering (up to ~0.1 s for a pathological 10,000
+    # characters, docs/API.md "Formatting") should hold the project row lock.
+    mentioned_ids, mentions = get_mentions(project_id, user.pk, content)
+    content_html = render(content, mentions)
     try:
         with transaction.atomic():
             seq = take_next_seq(project_id)
@@ -187,11 +203,16 @@ def do_send_message(user, project_id, content, client_msg_id=None):
                 project_id=project_id,
                 author=user,
                 content=content,
+                content_html=content_html,
+                render_version=RENDER_VERSION,
                 seq=seq,
                 changed_seq=seq,
                 client_msg_id=client_msg_id,
             )
-            record_mentions(message, content)
+            # After the insert, so a retry (same client_msg_id) is answered by
+            # the unique constraint before its uploads are looked at.
+            attach_uploads(message, user, list(attachment_ids))
+            _insert_mentions(message, mentioned_ids)
             notify_change(message)
     except IntegrityError:
         # This client_msg_id was sent before (a retry) or by a concurrent send
@@ -212,10 +233,15 @@ def _read_again_under_lock(message):
     delete or edit may have committed since. Every change of a message takes
     its project's row lock first, so the row read now (a new statement: a new
     snapshot, with every change committed before the lock) stays as it is until
-    this transaction commits; no FOR UPDATE is needed.
+    this transaction commits; no FOR UPDATE is needed. Every field a change
+    of another kind may have rewritten is read (an edit's rendering, a
+    reaction's summary), so what this change broadcasts is the row as it is.
     """
     try:
-        message.refresh_from_db(fields=["content", "changed_seq", "edited_at", "deleted_at"])
+        message.refresh_from_db(fields=[
+            "content", "content_html", "render_version", "reaction_summary",
+            "changed_seq", "edited_at", "deleted_at",
+        ])
     except Message.DoesNotExist:
         raise NotFound("No such message.") from None
 
@@ -231,17 +257,25 @@ def do_edit_message(message, content):
     a deleted message 404 before; a race answers the same. The refusal rolls
     back, giving the number back: nothing is broadcast or retired.
     """
+    # Outside the project row lock, as for a send (do_send_message).
+    mentioned = get_mentions(message.project_id, message.author_id, content)
+    content_html = render(content, mentioned[1])
     with transaction.atomic():
         seq = take_next_seq(message.project_id)
         _read_again_under_lock(message)
         if message.deleted_at is not None:
             raise NotFound("This message was deleted.")
         old_content = message.content
+        replace_mentions(message, old_content, content, mentioned=mentioned)
         message.content = content
+        message.content_html = content_html
+        message.render_version = RENDER_VERSION
         message.changed_seq = seq
         message.edited_at = timezone.now()
-        message.save(update_fields=["content", "changed_seq", "edited_at", "updated_at"])
-        replace_mentions(message, old_content, content)
+        message.save(update_fields=[
+            "content", "content_html", "render_version", "changed_seq", "edited_at",
+            "updated_at",
+        ])
         notify_change(message)
     return message
 
@@ -265,10 +299,21 @@ def do_delete_message(message):
                 raise _AlreadyDeleted
             if "@" in message.content:
                 Mention.objects.filter(message_id=message.pk).delete()
+            if message.reaction_summary:
+                # The summary was read under the lock, and chat.reactions keeps
+                # it with the rows: empty means no rows, so no query then.
+                Reaction.objects.filter(message_id=message.pk).delete()
             message.content = ""
+            message.content_html = ""  # the rendering is the deleted text too
+            message.reaction_summary = []
             message.changed_seq = seq
             message.deleted_at = timezone.now()
-            message.save(update_fields=["content", "changed_seq", "deleted_at", "updated_at"])
+            # Its uploads stop being served now; their files go after commit.
+            release_message_uploads(message)
+            message.save(update_fields=[
+                "content", "content_html", "reaction_summary", "attachment_summary",
+                "changed_seq", "deleted_at", "updated_at",
+            ])
             notify_change(message)
     except _AlreadyDeleted:
         pass  # rolled back: the number taken is given back
@@ -340,33 +385,42 @@ def _describe_seconds(seconds):
 # --- mentions ----------------------------------------------------------------------
 
 
-def get_mentioned_user_ids(message, content):
-    """Return the ids of the project's members that content mentions, author excluded.
+def get_mentions(project_id, author_id, content):
+    """Return (the ids of the members content mentions, author excluded;
+    {username: user id} of the names in content that are members).
 
-    No query when content names nobody; else one. Raises Invalid for `@all`
-    when the project has more than MENTION_ALL_MAX_MEMBERS members besides
-    the author.
+    The second is the mention map chat.rendering.render needs (the author
+    included when named). No query when content names nobody; else one.
+    Raises Invalid for `@all` when the project has more than
+    MENTION_ALL_MAX_MEMBERS members besides the author.
     """
     names, everyone = find_mentions(content)
     if not names and not everyone:
-        return []
-    members = Membership.objects.filter(project_id=message.project_id).exclude(
-        user_id=message.author_id
-    )
+        return [], {}
+    members = Membership.objects.filter(project_id=project_id)
     if not everyone:
         members = members.filter(user__username__in=names)
-    user_ids = list(
-        members.order_by("user_id").values_list("user_id", flat=True)[
-            : MENTION_ALL_MAX_MEMBERS + 1
+    # The author is read with the others (their own @name renders too) and
+    # left out of the ids: one more row than the limit may be the author's.
+    rows = list(
+        members.order_by("user_id").values_list("user_id", "user__username")[
+            : MENTION_ALL_MAX_MEMBERS + 2
         ]
     )
+    user_ids = [user_id for user_id, _username in rows if user_id != author_id]
     if len(user_ids) > MENTION_ALL_MAX_MEMBERS:
         raise Invalid(
             f"@all notifies at most {MENTION_ALL_MAX_MEMBERS} people; "
             "this project has more members: mention them by name.",
             fields={"content": "mention_all_too_many"},
         )
-    return user_ids
+    named = set(names)
+    return user_ids, {username: user_id for user_id, username in rows if username in named}
+
+
+def get_mentioned_user_ids(message, content):
+    """Return the ids of the project's members that content mentions, author excluded."""
+    return get_mentions(message.project_id, message.author_id, content)[0]
 
 
 def record_mentions(message, content):
@@ -374,16 +428,19 @@ def record_mentions(message, content):
     _insert_mentions(message, get_mentioned_user_ids(message, content))
 
 
-def replace_mentions(message, old_content, content):
+def replace_mentions(message, old_content, content, *, mentioned=None):
     """Make an edited message's mentions match its new text. Call inside its transaction.
 
+    `mentioned`: get_mentions of the new text when the caller has it already.
     Users mentioned before and after keep their mention (and its time), so an
     edit does not make an old mention look new; no query when neither text
     has an `@`.
     """
     if "@" not in old_content and "@" not in content:
         return
-    user_ids = get_mentioned_user_ids(message, content)
+    if mentioned is None:
+        mentioned = get_mentions(message.project_id, message.author_id, content)
+    user_ids = mentioned[0]
     if "@" in old_content:
         Mention.objects.filter(message_id=message.pk).exclude(user_id__in=user_ids).delete()
     _insert_mentions(message, user_ids, ignore_conflicts=True)

@@ -20,7 +20,7 @@ from django.utils.functional import cached_property
 from django.utils.text import Truncator
 
 from chat.actions import do_delete_message, do_edit_message, validate_content
-from chat.models import Message
+from chat.models import Message, Reaction
 from chatsite.errors import Invalid
 from projects.admin import ProjectFilter
 
@@ -224,3 +224,31 @@ class MessageAdmin(admin.ModelAdmin):
             content = obj.content
             obj.content = form.initial.get("content", "")
             do_edit_message(obj, content)
+
+
+@admin.register(Reaction)
+class ReactionAdmin(admin.ModelAdmin):
+    """Reactions, read only: every change goes through chat.reactions, which
+    numbers it and rewrites the message's summary; a change made here would do
+    neither. Shaped like MessageAdmin for a large table: no full COUNT, the
+    message and user joined in the page query, sorting by the primary key only."""
+
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    list_per_page = 50
+    ordering = ("-id",)
+    list_display = ("id", "emoji", "user", "message", "created_at")
+    list_select_related = ("user", "message")
+    sortable_by = ("id",)
+    raw_id_fields = ("message", "user")
+    fields = ("message", "user", "emoji", "created_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -1,13 +1,16 @@
 """The messages API: history (page-numbered and cursor), send, edit, delete, search."""
 
+from typing import Annotated
+
 from django.http import HttpResponse
 from ninja import Router, Schema
 from ninja.security import django_auth
-from pydantic import StrictInt
+from pydantic import Field, StrictInt
 
-from chat import actions, selectors
+from chat import actions, reactions, selectors
 from chat.search import search_messages
 from chat.serializers import serialize_mention, serialize_message, serialize_messages
+from chat.uploads import MAX_ATTACHMENTS
 from chatsite.api import (
     BODY_ERRORS,
     SIGNED_IN,
@@ -34,11 +37,16 @@ LIMIT_QUERY = query_param(
 )
 
 
+UploadId = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
+
+
 class MessageIn(Schema):
     # Strict: `true` or "1" is not a project id (pydantic would coerce both).
     project_id: StrictInt
     content: str
     client_msg_id: str | None = None
+    # The caller's own unattached uploads in the project (docs/API.md "Attachments").
+    attachment_ids: list[UploadId] | None = Field(None, max_length=MAX_ATTACHMENTS)
 
 
 class EditIn(Schema):
@@ -110,7 +118,8 @@ def send_message(request, payload: MessageIn):
     `rate_limited` with Retry-After, and nothing is stored.
     """
     message, created = actions.check_send_message(
-        request.user, payload.project_id, payload.content, payload.client_msg_id
+        request.user, payload.project_id, payload.content, payload.client_msg_id,
+        attachment_ids=payload.attachment_ids,
     )
     return (201 if created else 200), serialize_message(message)
 
@@ -164,3 +173,37 @@ def search(request):
     )
     next_cursor = rows[-1].pk if has_more and rows else None
     return {"items": serialize_messages(rows), "has_more": has_more, "next_cursor": next_cursor}
+
+
+# --- reactions (docs/API.md "Reactions") ---------------------------------------------
+
+
+class ReactionIn(Schema):
+    emoji: str
+
+
+EMOJI_QUERY = query_param(
+    "emoji", {"type": "string", "minLength": 1},
+    "One emoji (one grapheme cluster, at most 32 bytes) or a :shortcode:.", required=True,
+)
+
+
+@router.post("/messages/{int:message_id}/reactions", response={200: dict, 201: dict},
+             openapi_extra=documented({200: "Message", 201: "Message"},
+                                      (*BODY_ERRORS, *UNSAFE, 404, 429)))
+def add_reaction(request, message_id: int, payload: ReactionIn):
+    """A member adds their reaction (201); one already there answers 200, unchanged."""
+    message, added = reactions.check_add_reaction(request.user, message_id, payload.emoji)
+    return (201 if added else 200), serialize_message(message)
+
+
+@router.delete("/messages/{int:message_id}/reactions", response={204: None},
+               openapi_extra=documented({204: None}, (400, *UNSAFE, 404, 422, 429),
+                                        [EMOJI_QUERY]))
+def remove_reaction(request, message_id: int):
+    """A member removes their reaction; 204 also when it was not there."""
+    emoji = request.GET.get("emoji")
+    if emoji is None:
+        raise BadRequest("emoji is required.", fields={"emoji": "required"})
+    reactions.check_remove_reaction(request.user, message_id, emoji)
+    return 204, None

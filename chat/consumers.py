@@ -75,8 +75,10 @@ def read_replay(project_id, after, upto, limit):
 
 
 @db_task
-def send_message(user, project_id, content, client_msg_id):
-    message, _ = check_send_message(user, project_id, content, client_msg_id)
+def send_message(user, project_id, content, client_msg_id, attachment_ids=None):
+    message, _ = check_send_message(
+        user, project_id, content, client_msg_id, attachment_ids=attachment_ids
+    )
     return serialize_message(message)
 
 
@@ -347,8 +349,12 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         client_msg_id = event.get("client_msg_id")
         if client_msg_id is not None and not isinstance(client_msg_id, str):
             return await self.send_error("invalid", "client_msg_id must be a UUID string.")
+        # Its shape and the uploads are checked with the send (chat.uploads).
+        attachment_ids = event.get("attachment_ids")
         try:
-            message = await send_message(self.user, self.project_id, content, client_msg_id)
+            message = await send_message(
+                self.user, self.project_id, content, client_msg_id, attachment_ids
+            )
         except ChatError as error:
             return await self.send_error(error.code, error.message, client_msg_id)
         except DatabaseError:

@@ -1,7 +1,8 @@
 """Finding `@username` and `@all` in message text.
 
-static/chat/chat.js holds the same pattern (MENTION_PATTERN) to highlight
-mentions live; change both together.
+static/chat/chat.js holds the same pattern (MENTION_PATTERN) to ask before
+an @all is sent; change both together. Pages highlight mentions from the
+spans of content_html (chat.rendering), not from the text.
 """
 
 import re
@@ -27,26 +28,3 @@ def find_mentions(content):
         elif name not in names and len(names) < MAX_NAMED_MENTIONS:
             names.append(name)
     return names, everyone
-
-
-def split_mentions(content, username):
-    """Split content into (text, mentions_me) parts; None when nothing mentions username.
-
-    `@username` and `@all` mention the user. The template escapes every part.
-    """
-    if "@" not in content:
-        return None
-    parts, position, found = [], 0, False
-    for match in MENTION_PATTERN.finditer(content):
-        if match.group(1) not in (username, MENTION_ALL):
-            continue
-        found = True
-        if match.start() > position:
-            parts.append((content[position : match.start()], False))
-        parts.append((match.group(0), True))
-        position = match.end()
-    if not found:
-        return None
-    if position < len(content):
-        parts.append((content[position:], False))
-    return parts

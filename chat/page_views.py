@@ -16,7 +16,6 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from chat import selectors
 from chat.actions import check_send_message
-from chat.mentions import split_mentions
 from chat.search import search_messages
 from chat.serializers import serialize_messages, serialize_user
 from chatsite.errors import ChatError, Forbidden, NotFound
@@ -97,6 +96,90 @@ def post_message(request, project, membership):
     return redirect(reverse("project", args=[project.pk]) + "#composer")
 
 
+# A mention in content_html (chat.rendering): a span with the mentioned user's
+# id, or "all". The sanitizer keeps attributes in the order written, but the
+# check below does not rely on it.
+MENTION_TAG = re.compile(r"<span\b([^>]*)>")
+MENTION_USER = re.compile(r'\sdata-user-id="([^"]*)"')
+MENTION_ALL = "all"
+# The longest side of a thumbnail (the attachments' thumbnails are made so).
+THUMBNAIL_SIDE = 400
+DEFAULT_UPLOAD_MAX_BYTES = 25 * 1024 * 1024
+
+
+def mark_mentions_of(content_html, reader_id):
+    """Return (content_html with the reader's mentions classed `mention-me`, whether any).
+
+    `@reader` and `@all` mention the reader; chat.js marks live messages alike.
+    Only a class name is added to markup the renderer already sanitized.
+    """
+    if 'class="mention"' not in content_html:
+        return content_html, False
+    wanted = {str(reader_id), MENTION_ALL}
+    found = False
+
+    def mark(match):
+        nonlocal found
+        attributes = match.group(1)
+        user = MENTION_USER.search(attributes)
+        if ' class="mention"' not in attributes or not user or user.group(1) not in wanted:
+            return match.group(0)
+        found = True
+        return match.group(0).replace(' class="mention"', ' class="mention mention-me"', 1)
+
+    return MENTION_TAG.sub(mark, content_html), found
+
+
+def describe_reactions(reactions, reader_id, names):
+    """Return each reaction with whether it is the reader's and a title naming who."""
+    described = []
+    for reaction in reactions:
+        count = reaction["count"]
+        who = [names[i] for i in reaction["user_ids"] if i in names]
+        if who:
+            title = ", ".join(who)
+            if count > len(who):
+                title += f" and {count - len(who)} more"
+        else:
+            title = f"{count} reaction{'' if count == 1 else 's'}"
+        described.append({
+            "emoji": reaction["emoji"],
+            "count": count,
+            "mine": reader_id in reaction["user_ids"],
+            "title": title,
+        })
+    return described
+
+
+def describe_attachments(attachments):
+    """Return the attachments with an image's thumbnail size (longest side THUMBNAIL_SIDE)."""
+    described = []
+    for attachment in attachments:
+        item = dict(attachment)
+        width, height = attachment.get("width"), attachment.get("height")
+        item["is_image"] = bool(attachment.get("thumbnail_url") and width and height)
+        if item["is_image"]:
+            scale = min(1, THUMBNAIL_SIDE / max(width, height))
+            item["thumb_width"] = max(1, round(width * scale))
+            item["thumb_height"] = max(1, round(height * scale))
+        described.append(item)
+    return described
+
+
+def display_message(message, reader_id, names):
+    """Return a copy of the message JSON with what the template shows for the reader."""
+    shown = dict(message)
+    shown["mentions_me"] = False
+    if not message["deleted"] and message["user"]["id"] != reader_id:
+        # Your own messages mention nobody to you (@all skips its author too).
+        shown["content_html"], shown["mentions_me"] = mark_mentions_of(
+            message["content_html"], reader_id
+        )
+    shown["reaction_items"] = describe_reactions(message["reactions"], reader_id, names)
+    shown["attachment_items"] = describe_attachments(message["attachments"])
+    return shown
+
+
 def render_project(request, project, membership, *, error=None, draft="", status=200):
     """Render a page of history in a constant number of queries (see the tests).
 
@@ -114,14 +197,10 @@ def render_project(request, project, membership, *, error=None, draft="", status
     )
     rows.reverse()  # oldest at the top
     chat_messages = serialize_messages(rows)
-    for message in chat_messages:
-        # `@me` and `@all` in others' messages are highlighted for the reader
-        # (chat.js does the same for live messages); None renders the content
-        # as it is.
-        if message["user"]["id"] != request.user.pk:
-            message["mention_parts"] = split_mentions(
-                message["content"], request.user.username
-            )
+    # Reactors are named from the authors on the page (no query per message).
+    names = {m["user"]["id"]: m["user"]["username"] for m in chat_messages}
+    names[request.user.pk] = "you"
+    shown = [display_message(m, request.user.pk, names) for m in chat_messages]
 
     last_read_seq = membership.last_read_seq
     first_unread_seq = next(
@@ -161,12 +240,17 @@ def render_project(request, project, membership, *, error=None, draft="", status
         "editWindowSeconds": settings.EDIT_WINDOW_SECONDS,
         "projectUrl": reverse("project", args=[project.pk]),
         "loginUrl": settings.LOGIN_URL,
+        "uploadMaxBytes": getattr(settings, "UPLOAD_MAX_BYTES", DEFAULT_UPLOAD_MAX_BYTES),
+        # The rendered messages' JSON: chat.js needs the source text (the
+        # editor), the reactions' user ids and the attachments of each, which
+        # the HTML does not carry. json_script escapes it for the page.
+        "messages": chat_messages,
     }
     context = {
         "project": project,
         "membership": membership,
         "member_count": member_count,
-        "chat_messages": chat_messages,
+        "chat_messages": shown,
         "has_older": has_older,
         "is_latest": is_latest,
         "first_unread_seq": first_unread_seq,

@@ -75,7 +75,8 @@ def _serialize_row(row):
         "user": {"id": author_id, "username": username},
         "content": "" if deleted else content,
         "content_html": "" if deleted else current_html(
-            pk, content, content_html, render_version
+            pk, content, content_html, render_version,
+            author_id=author_id, author_username=username,
         ),
         "reactions": [] if deleted else as_json(reactions),
         "attachments": [] if deleted else as_json(attachments),

@@ -22,7 +22,8 @@ def serialize_message(message):
         "user": {"id": message.author_id, "username": message.author.username},
         "content": "" if deleted else message.content,
         "content_html": "" if deleted else current_html(
-            message.pk, message.content, message.content_html, message.render_version
+            message.pk, message.content, message.content_html, message.render_version,
+            author_id=message.author_id, author_username=message.author.username,
         ),
         "reactions": [] if deleted else message.reaction_summary,
         "attachments": [] if deleted else message.attachment_summary,

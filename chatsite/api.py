@@ -85,6 +85,10 @@ COMPONENT_SCHEMAS = {
     "Mention": {"allOf": [ref("Message"), _object({"mention_id": INT, "project_name": STR})]},
     "MentionCursor": _object({"items": {"type": "array", "items": ref("Mention")},
                               "has_more": BOOL, "next_cursor": NULLABLE_INT}),
+    # chat.uploads.serialize_upload; the last three are null for non-images.
+    "Upload": _object({"id": INT, "name": STR, "size": INT, "content_type": STR, "url": STR,
+                       "thumbnail_url": {"type": ["string", "null"]},
+                       "width": NULLABLE_INT, "height": NULLABLE_INT}),
 }
 
 ERROR_STATUSES = {
@@ -321,3 +325,4 @@ def parse_positive_int(value, name, *, default=None, minimum=1, maximum=MAX_ID):
 api.add_router("/auth", "accounts.api.router")
 api.add_router("/projects", "projects.api.router")
 api.add_router("", "chat.api.router")
+api.add_router("", "chat.upload_api.router")

@@ -334,6 +334,44 @@ STORAGES = {
     },
 }
 
+# --- Uploads (chat.uploads; docs/OPERATIONS.md, "Uploads") -----------------------
+# Largest attachment in bytes; a larger one is 413 and nothing is stored.
+UPLOAD_MAX_BYTES = env("UPLOAD_MAX_BYTES", 25 * 1024 * 1024, int)
+# Where the file-system storage keeps uploads (back it up with the database).
+MEDIA_ROOT = Path(env("MEDIA_ROOT", str(BASE_DIR / "media")))
+# Never served as a URL prefix: every download goes through the access-checked
+# view (chat.upload_views); this only names the storage's base URL.
+MEDIA_URL = "/uploads/"
+# Uploads above this are spooled to a temporary file, not held in memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2621440
+# The size limit is enforced while the body is received (chat.uploads), before
+# Django's own handlers keep any byte.
+FILE_UPLOAD_HANDLERS = [
+    "chat.uploads.UploadLimitHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+# Behind nginx: after the access check the download view answers with
+# X-Accel-Redirect: <this prefix><storage name> and an empty body (nginx's
+# internal location serves the bytes). Empty: Django streams the file.
+UPLOAD_ACCEL_REDIRECT = env("UPLOAD_ACCEL_REDIRECT", "")
+# An S3-compatible store through django-storages when a bucket is named; the
+# file system (MEDIA_ROOT) otherwise. Objects are private; credentials come
+# from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (boto3 reads them itself).
+AWS_STORAGE_BUCKET_NAME = env("AWS_STORAGE_BUCKET_NAME", "")
+if AWS_STORAGE_BUCKET_NAME:
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": AWS_STORAGE_BUCKET_NAME,
+            "endpoint_url": env("AWS_S3_ENDPOINT_URL") or None,
+            "region_name": env("AWS_S3_REGION_NAME") or None,
+            "default_acl": None,  # the bucket's own (private) policy
+            "querystring_auth": True,  # any URL the storage makes is signed
+            "file_overwrite": False,
+        },
+    }
+
 # --- Security (production shape) ------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

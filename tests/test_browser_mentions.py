@@ -1,5 +1,6 @@
-"""Mentions in a real browser: live highlighting (as text, never markup) and the
-confirmation before an @all to more than 10 members."""
+"""Mentions in a real browser: live highlighting (the mention spans of
+content_html; the author's markup stays text) and the confirmation before an
+@all to more than 10 members."""
 
 import time
 
@@ -40,7 +41,7 @@ def test_mentions_are_highlighted_live_and_at_all_asks_first(crowded_server):
         bob = login(server.url, "bob")
         text = f"<img src=x onerror=window.pwned=1> @alice look {stamp}"
         assert post_message(bob, project_id, text).status_code == 201
-        mark = alice.locator(".msg-mentions-me .msg-body mark.mention-me")
+        mark = alice.locator(".msg-mentions-me .msg-body span.mention.mention-me")
         mark.wait_for(timeout=10000)
         assert mark.inner_text() == "@alice"
         body = alice.locator(".msg-mentions-me .msg-body")
@@ -48,9 +49,12 @@ def test_mentions_are_highlighted_live_and_at_all_asks_first(crowded_server):
         assert body.locator("img").count() == 0
         assert alice.evaluate("window.pwned") is None
 
-        # A mention of someone else is not marked for Alice.
+        # A mention of someone else is a mention, not marked for Alice.
         assert post_message(bob, project_id, f"@crowd1 only {stamp}").status_code == 201
-        alice.locator(".msg-body", has_text=f"@crowd1 only {stamp}").wait_for(timeout=10000)
+        other = alice.locator(".msg-body", has_text=f"@crowd1 only {stamp}")
+        other.wait_for(timeout=10000)
+        assert other.locator("span.mention").inner_text() == "@crowd1"
+        assert other.locator(".mention-me").count() == 0
         assert alice.locator(".msg-mentions-me").count() == 1
 
         # @all in a project of 12: dismissing the question sends nothing and

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from chat import actions
-from chat.mentions import find_mentions, split_mentions
+from chat.mentions import find_mentions
 from chat.models import Mention, Message
 from chatsite.errors import Invalid
 from conftest import login_client
@@ -44,15 +44,6 @@ def send(user, project, content):
 )
 def test_find_mentions(content, names, everyone):
     assert find_mentions(content) == (names, everyone)
-
-
-def test_split_mentions_marks_only_the_reader_and_all():
-    assert split_mentions("hi @bob and @carol", "bob") == [
-        ("hi ", False), ("@bob", True), (" and @carol", False),
-    ]
-    assert split_mentions("@all: standup", "bob") == [("@all", True), (": standup", False)]
-    assert split_mentions("hi @carol", "bob") is None
-    assert split_mentions("no at sign", "bob") is None
 
 
 # --- recording them ------------------------------------------------------------------------
@@ -267,17 +258,25 @@ def test_home_shows_the_mention_count_next_to_unread(client_member, owner, proje
 # --- the project page ------------------------------------------------------------------------
 
 
-def test_page_highlights_mentions_of_the_reader_escaped(client_member, owner, project):
+def test_page_highlights_mentions_of_the_reader_escaped(
+    client_member, owner, member, project
+):
     send(owner, project, "<b>@member</b> and @owner & @all")
     send(owner, project, "nothing for you, @owner")
     text = client_member.get(f"/projects/{project.pk}/").text
+    # The mention spans of content_html, the reader's and @all marked mention-me.
     assert (
-        '<div class="msg-body">&lt;b&gt;<mark class="mention mention-me">@member</mark>'
-        '&lt;/b&gt; and @owner &amp; <mark class="mention mention-me">@all</mark></div>'
+        f'<div class="msg-body"><p>&lt;b&gt;<span class="mention mention-me" '
+        f'data-user-id="{member.pk}">@member</span>&lt;/b&gt; and '
+        f'<span class="mention" data-user-id="{owner.pk}">@owner</span> &amp; '
+        '<span class="mention mention-me" data-user-id="all">@all</span></p>'
     ) in text
     assert "<b>@member" not in text
     assert text.count("msg-mentions-me") == 1
-    assert '<div class="msg-body">nothing for you, @owner</div>' in text
+    assert (
+        '<div class="msg-body"><p>nothing for you, '
+        f'<span class="mention" data-user-id="{owner.pk}">@owner</span></p></div>'
+    ) in text
 
 
 def test_page_does_not_highlight_my_own_mentions(client_owner, owner, member, project):

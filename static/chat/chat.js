@@ -1,10 +1,12 @@
 /* The live project page (docs/PROTOCOL.md): socket, catch-up, optimistic sends, typing,
- * presence, reads, older history, edit and delete.
+ * presence, reads, older history, edit and delete, reactions and attachments.
  *
  * Plain modern JavaScript, no build step, no dependencies. The server renders
  * the page first (it reads without this file); this script takes over the
  * rendered messages and keeps them current. User text only ever reaches the
- * DOM through textContent.
+ * DOM through textContent and attributes, with one exception: a message's
+ * `content_html`, which the server rendered and sanitized (docs/API.md,
+ * "Formatting"), goes in through setMessageHtml, the one use of innerHTML.
  *
  * Ordering rules it relies on: every change in a project has the next number
  * (`changed_seq`); history is ordered by `seq`. `lastChangedSeq` only moves
@@ -31,11 +33,18 @@
   const CATCH_UP_LIMIT = 200;
   const PAGE_LIMIT = 50;
   // The pattern of chat/mentions.py: `@` not after a name character, then a
-  // username with dots only inside ("thanks @bob." mentions bob).
+  // username with dots only inside ("thanks @bob." mentions bob). Only the
+  // composer's @all question uses it: mentions in messages arrive as spans in
+  // content_html.
   const MENTION_PATTERN = /(?<![\p{L}\p{N}_.@+\-])@([\p{L}\p{N}_+\-]+(?:\.[\p{L}\p{N}_+\-]+)*)/gu;
   const MENTION_ALL = "all";
   // An @all reaching more members than this asks first.
   const MENTION_ALL_CONFIRM_OVER = 10;
+  // The picker's common emoji; any emoji or :shortcode: is accepted by the API.
+  const REACTION_CHOICES = ["👍", "❤️", "😂", "🎉", "😮", "😢", "👀", "✅"];
+  // The longest side of a thumbnail, as the server makes them.
+  const THUMBNAIL_SIDE = 400;
+  const MAX_ATTACHMENTS = 10;
   const FINAL_CLOSE = {
     4401: "You were signed out.",
     4403: "You are no longer a member of this project.",
@@ -52,13 +61,19 @@
   const notice = $("notice");
   const typingArea = $("typing");
   const onlineList = $("online-list");
+  const attachInput = $("attach-input");
+  const attachButton = $("attach-button");
+  const pendingList = $("pending-attachments");
   const projectId = state.projectId;
   const me = state.user;
+  const uploadMaxBytes = state.uploadMaxBytes;
 
   const byId = new Map(); // message id -> {data, el}
   const pending = new Map(); // client_msg_id -> {content, el, via, timer}
   const editing = new Set(); // ids of messages with an open editor
   const typers = new Map(); // username -> timer
+  const uploads = []; // files for the next send: {file, el, xhr, upload, error}
+  const usernames = new Map([[me.id, "you"]]); // user id -> name, for reaction titles
 
   let lastChangedSeq = state.lastChangedSeq || 0;
   let oldestSeq = state.oldestSeq;
@@ -189,10 +204,6 @@
     return el;
   }
 
-  function mentionsMe(name) {
-    return name === me.username || name === MENTION_ALL;
-  }
-
   function mentionsEveryone(text) {
     for (const match of text.matchAll(MENTION_PATTERN)) {
       if (match[1] === MENTION_ALL) return true;
@@ -208,24 +219,158 @@
     );
   }
 
-  /** Build a message body from text nodes, @me and @all in a <mark> (never innerHTML). */
-  function renderBody(m) {
-    const body = element("div", "msg-body");
-    const content = m.content;
-    let position = 0;
-    let found = false;
+  /** The one place this script inserts HTML: a message's content_html, rendered
+   *  and sanitized by the server (no script, no raw HTML of the author's). */
+  function setMessageHtml(el, html) {
+    el.innerHTML = html;
+  }
+
+  /** Mark the spans that mention me (`@me`, `@all`) in others' messages. */
+  function markMentionsOfMe(body, m) {
     // Your own messages mention nobody to you (@all skips its author too).
-    if (m.user.id !== me.id && content.includes("@")) {
-      for (const match of content.matchAll(MENTION_PATTERN)) {
-        if (!mentionsMe(match[1])) continue;
+    if (m.user.id === me.id) return false;
+    let found = false;
+    for (const span of body.querySelectorAll("span.mention[data-user-id]")) {
+      const id = span.dataset.userId;
+      if (id === String(me.id) || id === MENTION_ALL) {
+        span.classList.add("mention-me");
         found = true;
-        if (match.index > position) body.append(content.slice(position, match.index));
-        body.append(element("mark", "mention mention-me", match[0]));
-        position = match.index + match[0].length;
       }
     }
-    if (position < content.length) body.append(content.slice(position));
-    return { body, found };
+    return found;
+  }
+
+  /** Build a message body from its content_html; null for a message of files only. */
+  function renderBody(m) {
+    const body = element("div", "msg-body");
+    if (typeof m.content_html === "string") {
+      if (!m.content_html) return { body: null, found: false };
+      setMessageHtml(body, m.content_html);
+    } else {
+      body.textContent = m.content; // a message JSON from before formatting
+    }
+    return { body, found: markMentionsOfMe(body, m) };
+  }
+
+  /** The size as Django's filesizeformat writes it (the server-rendered page). */
+  function formatSize(bytes) {
+    if (bytes < 1024) return `${bytes} byte${bytes === 1 ? "" : "s"}`;
+    const units = ["KB", "MB", "GB", "TB"];
+    let value = bytes / 1024;
+    let unit = 0;
+    while (value >= 1024 && unit < units.length - 1) {
+      value /= 1024;
+      unit += 1;
+    }
+    return `${value.toFixed(1)} ${units[unit]}`;
+  }
+
+  /** A URL of ours (a path on this origin), or null: never another scheme. */
+  function localUrl(url) {
+    return typeof url === "string" && url.startsWith("/") && !url.startsWith("//") ? url : null;
+  }
+
+  /** Images as thumbnails opening the full image; other files as download links. */
+  function renderAttachments(m) {
+    const items = m.attachments || [];
+    if (m.deleted || !items.length) return null;
+    const ul = element("ul", "attachments");
+    for (const a of items) {
+      const url = localUrl(a.url);
+      const thumbnail = localUrl(a.thumbnail_url);
+      const isImage = !!(thumbnail && a.width && a.height);
+      const li = element("li", `attachment ${isImage ? "attachment-image" : "attachment-file"}`);
+      const link = element("a");
+      if (url) link.href = url;
+      if (isImage) {
+        link.target = "_blank";
+        link.rel = "noopener";
+        const scale = Math.min(1, THUMBNAIL_SIDE / Math.max(a.width, a.height));
+        const img = element("img");
+        img.loading = "lazy";
+        img.width = Math.max(1, Math.round(a.width * scale));
+        img.height = Math.max(1, Math.round(a.height * scale));
+        img.alt = a.name;
+        img.src = thumbnail;
+        link.append(img);
+        li.append(link);
+      } else {
+        link.download = a.name;
+        link.textContent = a.name;
+        li.append(link, " ", element("span", "attachment-size", formatSize(a.size)));
+      }
+      ul.append(li);
+    }
+    return ul;
+  }
+
+  function reactionTitle(reaction) {
+    const who = reaction.user_ids.filter((id) => usernames.has(id)).map((id) => usernames.get(id));
+    if (!who.length) return `${reaction.count} reaction${reaction.count === 1 ? "" : "s"}`;
+    const more = reaction.count - who.length;
+    return more > 0 ? `${who.join(", ")} and ${more} more` : who.join(", ");
+  }
+
+  function isMine(reaction) {
+    return reaction.user_ids.includes(me.id);
+  }
+
+  /** The reactions under a message (a click toggles mine) and the emoji picker. */
+  function renderReactions(m) {
+    const box = element("div", "msg-reactions");
+    for (const reaction of m.reactions || []) {
+      const button = element("button", "reaction");
+      button.type = "button";
+      button.dataset.emoji = reaction.emoji;
+      button.title = reactionTitle(reaction);
+      button.setAttribute("aria-pressed", isMine(reaction) ? "true" : "false");
+      if (isMine(reaction)) button.classList.add("reaction-mine");
+      button.append(
+        element("span", "reaction-emoji", reaction.emoji),
+        " ",
+        element("span", "reaction-count", String(reaction.count)),
+      );
+      button.addEventListener("click", () => toggleReaction(m.id, reaction.emoji));
+      box.append(button);
+    }
+    const add = element("button", "reaction-add", "☺+");
+    add.type = "button";
+    add.setAttribute("aria-label", "Add reaction");
+    add.setAttribute("aria-expanded", "false");
+    const picker = element("div", "reaction-picker");
+    picker.hidden = true;
+    picker.setAttribute("role", "group");
+    picker.setAttribute("aria-label", "Pick a reaction");
+    for (const emoji of REACTION_CHOICES) {
+      const choice = element("button", "reaction-choice", emoji);
+      choice.type = "button";
+      choice.dataset.emoji = emoji;
+      choice.setAttribute("aria-label", `React with ${emoji}`);
+      choice.addEventListener("click", () => {
+        picker.hidden = true;
+        add.setAttribute("aria-expanded", "false");
+        toggleReaction(m.id, emoji);
+      });
+      picker.append(choice);
+    }
+    add.addEventListener("click", () => {
+      picker.hidden = !picker.hidden;
+      add.setAttribute("aria-expanded", picker.hidden ? "false" : "true");
+    });
+    box.append(add, picker);
+    return box;
+  }
+
+  /** Replace a message element's reactions (an open editor stays as it is). */
+  function refreshReactions(known) {
+    const old = known.el.querySelector(".msg-reactions, .reactions");
+    if (known.data.deleted) {
+      if (old) old.remove();
+      return;
+    }
+    const box = renderReactions(known.data);
+    if (old) old.replaceWith(box);
+    else known.el.append(box);
   }
 
   function canEdit(m) {
@@ -267,7 +412,10 @@
     } else {
       const { body, found } = renderBody(m);
       if (found) li.classList.add("msg-mentions-me");
-      li.append(body);
+      if (body) li.append(body);
+      const attachments = renderAttachments(m);
+      if (attachments) li.append(attachments);
+      li.append(renderReactions(m));
     }
     addControls(li, m);
     return li;
@@ -292,24 +440,9 @@
     if (actions.childElementCount) li.append(actions);
   }
 
-  /** Read a server-rendered message back into message JSON. */
-  function readRendered(li) {
-    const deleted = li.classList.contains("msg-deleted");
-    return {
-      id: Number(li.dataset.id),
-      project_id: projectId,
-      seq: Number(li.dataset.seq),
-      changed_seq: Number(li.dataset.changedSeq),
-      user: {
-        id: Number(li.dataset.authorId),
-        username: li.querySelector(".msg-author").textContent,
-      },
-      content: deleted ? "" : li.querySelector(".msg-body").textContent,
-      created_at: li.dataset.createdAt,
-      edited_at: li.dataset.editedAt || null,
-      deleted,
-      client_msg_id: li.dataset.clientMsgId || null,
-    };
+  /** Remember who wrote a message, to name reactors in reaction titles. */
+  function learnName(user) {
+    if (user && user.id !== me.id && !usernames.has(user.id)) usernames.set(user.id, user.username);
   }
 
   function removeEmptyPlaceholder() {
@@ -346,8 +479,12 @@
     if (known) {
       if (m.changed_seq <= known.data.changed_seq) return;
       known.data = m;
-      // Keep an open editor; the newest version shows when it closes.
-      if (editing.has(m.id) && !m.deleted) return;
+      // Keep an open editor (reactions still update); the newest version
+      // shows when it closes.
+      if (editing.has(m.id) && !m.deleted) {
+        refreshReactions(known);
+        return;
+      }
       editing.delete(m.id);
       const el = renderMessage(m);
       known.el.replaceWith(el);
@@ -362,6 +499,7 @@
       showNotice("New messages.", { link: { href: `${state.projectUrl}#composer`, text: "Jump to latest" }, timeout: 0 });
       return;
     }
+    learnName(m.user);
     const el = renderMessage(m);
     byId.set(m.id, { data: m, el });
     insertInOrder(el, m.seq);
@@ -561,13 +699,19 @@
 
   // ---------------------------------------------------------------- sending
 
-  function renderPending(clientMsgId, content) {
+  function renderPending(clientMsgId, content, attachments) {
     const li = element("li", "msg msg-own msg-pending");
     li.dataset.clientMsgId = clientMsgId;
     const meta = element("div", "msg-meta");
     meta.append(element("span", "msg-author", me.username));
     meta.append(element("span", "msg-status", "sending…"));
-    li.append(meta, element("div", "msg-body", content));
+    li.append(meta);
+    if (content) li.append(element("div", "msg-body", content));
+    if (attachments.length) {
+      const ul = element("ul", "attachments");
+      for (const a of attachments) ul.append(element("li", "attachment attachment-file", a.name));
+      li.append(ul);
+    }
     return li;
   }
 
@@ -597,14 +741,20 @@
 
   function send(content) {
     const text = content.trim();
-    if (!text) return false;
+    if (uploads.some((u) => !u.upload && !u.error)) {
+      showNotice("Wait for the uploads to finish.");
+      return false;
+    }
+    const attachments = uploads.filter((u) => u.upload).map((u) => u.upload);
+    if (!text && !attachments.length) return false;
     if (text.length > state.messageMaxLength) {
       showNotice(`A message is at most ${state.messageMaxLength} characters.`);
       return false;
     }
+    clearUploads();
     const clientMsgId = crypto.randomUUID();
-    const el = renderPending(clientMsgId, text);
-    pending.set(clientMsgId, { content: text, el, via: null, timer: null });
+    const el = renderPending(clientMsgId, text, attachments);
+    pending.set(clientMsgId, { content: text, attachments, el, via: null, timer: null });
     removeEmptyPlaceholder();
     list.append(el);
     scrollToBottom();
@@ -616,6 +766,9 @@
     const entry = pending.get(clientMsgId);
     if (!entry) return;
     clearTimeout(entry.timer);
+    // A send with attachments goes over HTTP (POST /api/messages takes
+    // attachment_ids; docs/API.md); plain text takes the socket.
+    if (entry.attachments.length) return sendOverHttp(clientMsgId);
     const frame = { type: "message.send", content: entry.content, client_msg_id: clientMsgId };
     if (sendFrame(frame)) {
       entry.via = "socket";
@@ -632,9 +785,9 @@
     clearTimeout(entry.timer);
     entry.via = "http";
     try {
-      const message = await api("POST", "/api/messages", {
-        project_id: projectId, content: entry.content, client_msg_id: clientMsgId,
-      });
+      const body = { project_id: projectId, content: entry.content, client_msg_id: clientMsgId };
+      if (entry.attachments.length) body.attachment_ids = entry.attachments.map((a) => a.id);
+      const message = await api("POST", "/api/messages", body);
       applyMessage(message);
       afterNewMessages();
     } catch (error) {
@@ -666,7 +819,8 @@
     cancel.type = "button";
     buttons.append(save, cancel);
     editor.append(label, area, buttons);
-    body.replaceWith(editor);
+    if (body) body.replaceWith(editor);
+    else known.el.querySelector(".msg-meta").after(editor);
     area.focus();
 
     const close = () => {
@@ -679,7 +833,8 @@
     };
     const submit = async () => {
       const content = area.value.trim();
-      if (!content || content === known.data.content) return close();
+      if (content === known.data.content) return close();
+      if (!content && !(known.data.attachments || []).length) return close();
       if (!mentionsEveryone(known.data.content) && !confirmMentionAll(content)) return;
       save.disabled = true;
       try {
@@ -727,6 +882,204 @@
     }
   }
 
+  // ---------------------------------------------------------------- reactions
+
+  /** Add my reaction, or remove it when it is there; everyone sees the change
+   *  from the socket (a reaction change is a change of the message). */
+  async function toggleReaction(id, emoji) {
+    const known = byId.get(id);
+    if (!known || known.data.deleted) return;
+    const mine = (known.data.reactions || []).some((r) => r.emoji === emoji && isMine(r));
+    try {
+      if (mine) {
+        await api("DELETE", `/api/messages/${id}/reactions?emoji=${encodeURIComponent(emoji)}`);
+        // 204 carries no message: show it now; the change (a higher
+        // changed_seq) replaces this with the server's version.
+        const current = byId.get(id);
+        if (!current) return;
+        const reactions = (current.data.reactions || [])
+          .map((r) => (r.emoji === emoji && isMine(r)
+            ? { ...r, count: r.count - 1, user_ids: r.user_ids.filter((u) => u !== me.id) }
+            : r))
+          .filter((r) => r.count > 0);
+        current.data = { ...current.data, reactions };
+        refreshReactions(current);
+      } else {
+        applyMessage(await api("POST", `/api/messages/${id}/reactions`, { emoji }));
+      }
+    } catch (error) {
+      showNotice(error.message);
+    }
+  }
+
+  // ---------------------------------------------------------------- attachments
+
+  function uploadError(status, body, file) {
+    if (status === 413) {
+      return `${file.name} is too large: files are at most ${formatSize(uploadMaxBytes)}.`;
+    }
+    const message = body && body.error && body.error.message;
+    if (status === 401) signedOut();
+    if (message) return `${file.name}: ${message}`;
+    return status ? `${file.name} was not uploaded (${status}).` : `${file.name} was not uploaded (offline?).`;
+  }
+
+  function renderUploadChip(entry) {
+    const li = element("li", "pending-attachment");
+    const name = element("span", "pending-attachment-name", entry.file.name);
+    const size = element("span", "pending-attachment-size", formatSize(entry.file.size));
+    const progress = element("progress");
+    progress.max = 1;
+    progress.value = 0;
+    progress.setAttribute("aria-label", `Uploading ${entry.file.name}`);
+    const status = element("span", "pending-attachment-status");
+    const remove = element("button", "pending-attachment-remove", "×");
+    remove.type = "button";
+    remove.setAttribute("aria-label", `Remove ${entry.file.name}`);
+    remove.addEventListener("click", () => removeUpload(entry));
+    li.append(name, size, progress, status, remove);
+    return li;
+  }
+
+  function updatePendingList() {
+    pendingList.hidden = uploads.length === 0;
+  }
+
+  function failUpload(entry, text) {
+    entry.error = text;
+    entry.xhr = null;
+    entry.el.classList.add("pending-attachment-failed");
+    const progress = entry.el.querySelector("progress");
+    if (progress) progress.remove();
+    const status = entry.el.querySelector(".pending-attachment-status");
+    status.textContent = text;
+    status.setAttribute("role", "alert");
+  }
+
+  function removeUpload(entry) {
+    if (entry.xhr) entry.xhr.abort();
+    entry.el.remove();
+    const index = uploads.indexOf(entry);
+    if (index >= 0) uploads.splice(index, 1);
+    updatePendingList();
+  }
+
+  function clearUploads() {
+    for (const entry of uploads.slice()) removeUpload(entry);
+  }
+
+  /** Upload one file with progress (XMLHttpRequest: fetch reports none for uploads). */
+  async function startUpload(entry) {
+    let token;
+    try {
+      token = await csrfToken();
+    } catch (_) {
+      failUpload(entry, uploadError(0, null, entry.file));
+      return;
+    }
+    if (!uploads.includes(entry)) return; // removed meanwhile
+    const xhr = new XMLHttpRequest();
+    entry.xhr = xhr;
+    const progress = entry.el.querySelector("progress");
+    xhr.open("POST", "/api/uploads");
+    xhr.setRequestHeader("X-CSRFToken", token);
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable && progress) progress.value = event.loaded / event.total;
+    });
+    xhr.addEventListener("load", () => {
+      let body = null;
+      try {
+        body = JSON.parse(xhr.responseText);
+      } catch (_) {
+        body = null;
+      }
+      if (xhr.status === 201 && body && body.id != null) {
+        entry.upload = body;
+        entry.xhr = null;
+        entry.el.classList.add("pending-attachment-done");
+        if (progress) progress.value = 1;
+        entry.el.querySelector(".pending-attachment-status").textContent = "ready";
+      } else {
+        failUpload(entry, uploadError(xhr.status, body, entry.file));
+      }
+    });
+    xhr.addEventListener("error", () => failUpload(entry, uploadError(0, null, entry.file)));
+    const form = new FormData();
+    form.append("project_id", String(projectId));
+    form.append("file", entry.file, entry.file.name);
+    xhr.send(form);
+  }
+
+  /** Attach files (button, paste or drop): each uploads at once, shown as a chip. */
+  function addFiles(fileList) {
+    // Attaching needs the API; an older page's composer posts the plain form.
+    if (!state.isLatest) return;
+    for (const file of fileList) {
+      if (uploads.length >= MAX_ATTACHMENTS) {
+        showNotice(`A message takes at most ${MAX_ATTACHMENTS} files.`);
+        break;
+      }
+      const entry = { file, el: null, xhr: null, upload: null, error: null };
+      entry.el = renderUploadChip(entry);
+      uploads.push(entry);
+      pendingList.append(entry.el);
+      if (uploadMaxBytes && file.size > uploadMaxBytes) {
+        failUpload(entry, uploadError(413, null, file));
+      } else if (file.size === 0) {
+        failUpload(entry, `${file.name} is empty.`);
+      } else {
+        startUpload(entry);
+      }
+    }
+    updatePendingList();
+  }
+
+  function hasFiles(dataTransfer) {
+    return !!dataTransfer && [...dataTransfer.types].includes("Files");
+  }
+
+  function setUpAttaching() {
+    if (!state.isLatest) return;
+    attachButton.hidden = false;
+    attachButton.addEventListener("click", () => attachInput.click());
+    attachInput.addEventListener("change", () => {
+      addFiles([...attachInput.files]);
+      attachInput.value = "";
+    });
+    input.addEventListener("paste", (event) => {
+      const data = event.clipboardData;
+      const files = data ? [...data.files] : [];
+      if (!files.length) return;
+      // Files with text beside them (a copied web page): paste both.
+      if (![...data.types].includes("text/plain")) event.preventDefault();
+      addFiles(files);
+    });
+    for (const zone of [composer, scroller]) {
+      zone.addEventListener("dragover", (event) => {
+        if (!hasFiles(event.dataTransfer)) return;
+        event.preventDefault();
+        event.dataTransfer.dropEffect = "copy";
+        zone.classList.add("drop-target");
+      });
+      zone.addEventListener("dragleave", () => zone.classList.remove("drop-target"));
+      zone.addEventListener("drop", (event) => {
+        zone.classList.remove("drop-target");
+        if (!event.dataTransfer || !event.dataTransfer.files.length) return;
+        event.preventDefault();
+        event.stopPropagation();
+        addFiles([...event.dataTransfer.files]);
+      });
+    }
+    // A file dropped beside the zones must not replace the page with itself.
+    window.addEventListener("dragover", (event) => {
+      if (hasFiles(event.dataTransfer)) event.preventDefault();
+    });
+    window.addEventListener("drop", (event) => {
+      if (hasFiles(event.dataTransfer)) event.preventDefault();
+    });
+  }
+
   // ---------------------------------------------------------------- typing, presence, reads
 
   function renderTyping() {
@@ -751,6 +1104,7 @@
   }
 
   function renderOnline(users) {
+    users.forEach(learnName);
     onlineList.replaceChildren(
       ...users.map((user) => {
         const li = element("li", "user", user.id === me.id ? `${user.username} (you)` : user.username);
@@ -830,6 +1184,7 @@
       const fragment = document.createDocumentFragment();
       for (const m of page.items.slice().reverse()) {
         if (byId.has(m.id)) continue;
+        learnName(m.user);
         const el = renderMessage(m);
         byId.set(m.id, { data: m, el });
         fragment.append(el);
@@ -888,19 +1243,30 @@
 
   // ---------------------------------------------------------------- start
 
+  /** Take over the server-rendered messages, with their JSON from the page state. */
   function adoptRenderedMessages() {
+    const rendered = new Map((state.messages || []).map((m) => [m.id, m]));
+    for (const m of rendered.values()) learnName(m.user);
     for (const li of list.querySelectorAll(".msg")) {
-      const m = readRendered(li);
-      byId.set(m.id, { data: m, el: li });
+      const m = rendered.get(Number(li.dataset.id));
+      if (!m) continue;
+      const known = { data: m, el: li };
+      byId.set(m.id, known);
       const time = li.querySelector("time");
       if (time) time.textContent = formatTime(time.dateTime);
+      // The page's reactions are a plain list; these buttons toggle.
+      refreshReactions(known);
       addControls(li, m);
     }
+    delete state.messages;
     updateOlderLink();
   }
 
   function start() {
     adoptRenderedMessages();
+    // A message of attachments only may have no text: send() decides.
+    input.required = false;
+    setUpAttaching();
     composer.addEventListener("submit", onComposerSubmit);
     input.addEventListener("keydown", onComposerKeydown);
     input.addEventListener("input", onComposerInput);
@@ -933,6 +1299,7 @@
     get connected() { return connected; },
     get lastChangedSeq() { return lastChangedSeq; },
     get pendingCount() { return pending.size; },
+    get uploadsInProgress() { return uploads.filter((u) => !u.upload && !u.error).length; },
     /** Drop the socket as a network failure would (tests); the client reconnects. */
     dropSocket() {
       if (socket) socket.close(4000, "dropped by test");
