@@ -170,12 +170,6 @@ def render(content, mentions=None):
     return _SANITIZER.clean(raw).strip()
 
 
-def count_tokens(content):
-    """Return how many markdown-it tokens content parses into (block and inline)."""
-    tokens = _parser().parse(content, {"mentions": {}})
-    return sum(1 + len(token.children or ()) for token in tokens)
-
-
 # --- stored renderings ---------------------------------------------------------------
 
 

@@ -237,6 +237,7 @@ def test_send_attaches_in_the_given_order_and_content_may_be_empty(
 ):
     first = uploaded(client_member, project, image_bytes("PNG", (20, 10)), "one.png")
     second = uploaded(client_member, project, b"notes", "two.txt")
+    assert send(client_member, project, None, "first, warms the caches").status_code == 201
     with CaptureQueriesContext(connection) as plain:
         assert send(client_member, project, None, "no files").status_code == 201
     with CaptureQueriesContext(connection) as queries:
