@@ -139,6 +139,42 @@ def seed_rich_project(base_url, *, messages=60, reactors=3):
     return pid
 
 
+def png_bytes(target=100_000):
+    """A PNG of about `target` bytes (noise does not compress)."""
+    import io
+
+    from PIL import Image
+
+    side = int((target / 3) ** 0.5)
+    image = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def upload_rate(base_url, project_id, data, name, count):
+    """Upload `data` `count` times through POST /api/uploads; return (MB/s, ms each, ids)."""
+    session = login(base_url, "user1", LOAD_PASSWORD)
+    headers = {"X-CSRFToken": session.csrf, "Referer": base_url + "/"}
+    ids, started = [], time.monotonic()
+    for _ in range(count):
+        r = session.post(base_url + "/api/uploads", data={"project_id": project_id},
+                         files={"file": (name, data)}, headers=headers, timeout=60)
+        r.raise_for_status()
+        ids.append(r.json()["id"])
+    took = time.monotonic() - started
+    return len(data) * count / took / 1e6, took / count * 1000, ids
+
+
+def attach(base_url, project_id, upload_id):
+    session = login(base_url, "user1", LOAD_PASSWORD)
+    r = session.post(base_url + "/api/messages", json={
+        "project_id": project_id, "content": "", "attachment_ids": [upload_id]},
+        headers={"X-CSRFToken": session.csrf, "Referer": base_url + "/"}, timeout=30)
+    r.raise_for_status()
+    return r.json()["attachments"][0]["url"]
+
+
 def body_size(base_url, path):
     return len(login(base_url, "user1", LOAD_PASSWORD).get(
         base_url + path, headers={"Accept-Encoding": "identity"}).content)
@@ -212,6 +248,34 @@ def main():
             srv.stop()
             sections.append(table("Richer messages: cached first history page, hot path "
                                   "(granian, 64 connections)", rows, command))
+        if "uploads" in want:
+            # Attachments (docs/PERFORMANCE.md "Richer messages"): uploads through
+            # the API, and a 100 KB image downloaded through the access check,
+            # streamed by the app server or handed to nginx (X-Accel-Redirect:
+            # the app's side only, nginx would send the bytes).
+            image = png_bytes()
+            rows, notes = [], []
+            for label, extra in (("streamed by the app server", {}),
+                                 ("UPLOAD_ACCEL_REDIRECT (headers only)",
+                                  {"UPLOAD_ACCEL_REDIRECT": "/protected-uploads/"})):
+                srv = bench.server(extra)
+                pid = bench.project_id(srv)
+                if not notes:
+                    big = os.urandom(10 * 1024 * 1024)
+                    mbps, each, _ = upload_rate(srv.url, pid, big, "big.bin", 5)
+                    notes.append(f"10 MiB file: {mbps:.0f} MB/s ({each:.0f} ms each, 5 uploads)")
+                    mbps, each, _ = upload_rate(srv.url, pid, image, "pic.png", 20)
+                    notes.append(f"{len(image):,} B PNG (typed from its bytes, thumbnail made): "
+                                 f"{each:.1f} ms each, 20 uploads")
+                _mbps, _each, (upload_id,) = upload_rate(srv.url, pid, image, "pic.png", 1)
+                url = attach(srv.url, pid, upload_id)
+                rows.append(bench.measure(srv, "/healthz", cookie=False,
+                                          label="calibration: /healthz"))
+                rows.append(bench.measure(srv, url, label=f"{len(image):,} B image, {label}"))
+                srv.stop()
+            sections.append(table("Attachments: access-checked download of a 100 KB image "
+                                  "(granian, 64 connections)", rows, command)
+                            + "\nUploads (one client, sequential): " + "; ".join(notes) + "\n")
         if "server" in want:
             rows = []
             for http, name in (("granian", "granian WSGI"), ("uvicorn", "uvicorn + a2wsgi")):

@@ -74,9 +74,14 @@ COMPONENT_SCHEMAS = {
     "ReadMark": _object({"project_id": INT, "last_read_seq": INT}),
     "Message": _object({
         "id": INT, "project_id": INT, "seq": INT, "changed_seq": INT, "user": ref("User"),
-        "content": STR, "created_at": TIME, "edited_at": {"type": ["string", "null"]},
+        "content": STR, "content_html": STR, "reactions": {"type": "array", "items": ref(
+            "Reaction")}, "attachments": {"type": "array", "items": ref("Upload")},
+        "created_at": TIME, "edited_at": {"type": ["string", "null"]},
         "deleted": BOOL, "client_msg_id": {"type": ["string", "null"]},
     }),
+    # One emoji's reactions on a message (chat.reactions): user_ids are the first 50.
+    "Reaction": _object({"emoji": STR, "count": INT,
+                         "user_ids": {"type": "array", "items": INT, "maxItems": 50}}),
     "MessagePage": _object({"items": {"type": "array", "items": ref("Message")},
                             "total": INT, "page": INT, "per_page": INT,
                             "has_next": BOOL, "has_prev": BOOL}),

@@ -10,7 +10,6 @@ import datetime
 import uuid
 
 import orjson
-
 from django.utils.dateparse import parse_datetime
 
 

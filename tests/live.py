@@ -6,6 +6,7 @@ pytest-django test database, and Redis database 1 when REDIS_URL is set.
 """
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -72,6 +73,10 @@ def make_live_env(extra=None):
         # live servers of different runs on one Redis never see each other.
         env["CACHE_KEY_PREFIX"] = urlparse(env["DATABASE_URL"]).path.strip("/").replace(
             "/", "_")[-40:] or uuid.uuid4().hex[:8]
+    # Uploads of live servers go to a directory of their own, removed with it.
+    media = tempfile.mkdtemp(prefix="chat-live-media-")
+    env["MEDIA_ROOT"] = media
+    cleanup.append(lambda: shutil.rmtree(media, ignore_errors=True))
     env.update(extra or {})
     run_manage(env, "migrate", "--noinput", "-v0")
     _collect_static(env)

@@ -248,3 +248,13 @@ def test_loadtest_projects_must_be_positive():
 
     with pytest.raises(CommandError, match="--loadtest-projects"):
         seed("--loadtest", "--loadtest-projects", "0")
+
+
+def test_seeded_messages_are_stored_rendered_as_a_send_stores_them():
+    from chat.rendering import RENDER_VERSION, render
+
+    seed(*SMALL)
+
+    rows = list(Message.objects.values_list("content", "content_html", "render_version"))
+    assert rows and {version for _c, _h, version in rows} == {RENDER_VERSION}
+    assert all(html == render(content) for content, html, _v in rows)

@@ -584,3 +584,15 @@ def test_s3_upload_download_delete_and_purge(
     assert client_owner.get(body["url"]).status_code == 404
     call_command("purge_uploads", stdout=io.StringIO())
     assert bucket_keys(s3_storage) == []
+
+
+def test_deleting_a_project_outright_removes_its_uploads_files(
+    media, project, client_member, django_capture_on_commit_callbacks
+):
+    attached(client_member, project)
+    uploaded(client_member, project, b"never sent", "draft.txt")
+    assert len(stored_files(media)) == 3  # an image, its thumbnail, the draft
+    with django_capture_on_commit_callbacks(execute=True):
+        project.delete()  # the admin's delete: rows cascade, files follow them
+    assert not Upload.objects.exists()
+    assert stored_files(media) == []

@@ -905,7 +905,18 @@
         current.data = { ...current.data, reactions };
         refreshReactions(current);
       } else {
-        applyMessage(await api("POST", `/api/messages/${id}/reactions`, { emoji }));
+        // user_ids lists the first 50 reactors: past them, whether one is
+        // mine is unknown, and a POST that was there changes nothing (the
+        // same changed_seq comes back): then the click meant removing it.
+        const shown = (known.data.reactions || []).find((r) => r.emoji === emoji);
+        const unsure = shown && shown.count > shown.user_ids.length;
+        const before = known.data.changed_seq;
+        const data = await api("POST", `/api/messages/${id}/reactions`, { emoji });
+        if (unsure && data && data.changed_seq === before) {
+          await api("DELETE", `/api/messages/${id}/reactions?emoji=${encodeURIComponent(emoji)}`);
+          return;
+        }
+        applyMessage(data);
       }
     } catch (error) {
       showNotice(error.message);

@@ -25,6 +25,7 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 
 from chat.models import Message
+from chat.rendering import RENDER_VERSION, render
 from loadtest.config import DEFAULT_PASSWORD
 from projects.models import Membership, Project
 
@@ -447,6 +448,9 @@ class Command(BaseCommand):
 
     def insert_messages(self, project_id, authors, count, start, end):
         step = (end - start) / (count + 1)
+        # Stored rendered, as a send stores it (no phrase names anyone): each
+        # phrase is rendered once, so reads never render seeded rows lazily.
+        rendered = [render(phrase) for phrase in PHRASES]
         with (
             transaction.atomic(),
             given_timestamps(Message, "created_at", "updated_at"),
@@ -457,11 +461,14 @@ class Command(BaseCommand):
                 for i in range(offset, min(offset + self.batch_size, count)):
                     seq = first_seq + i
                     at = start + step * (i + 1)
+                    phrase = (seq * 7 + project_id) % len(PHRASES)
                     batch.append(
                         Message(
                             project_id=project_id,
                             author_id=authors[seq % len(authors)],
-                            content=PHRASES[(seq * 7 + project_id) % len(PHRASES)],
+                            content=PHRASES[phrase],
+                            content_html=rendered[phrase],
+                            render_version=RENDER_VERSION,
                             seq=seq,
                             changed_seq=seq,
                             created_at=at,
