@@ -8,6 +8,9 @@ class User(AbstractUser):
     email = models.EmailField("email address", unique=True)
     # Serves "who was active recently" in admin and operator reports.
     last_login = models.DateTimeField("last login", blank=True, null=True, db_index=True)
+    # Shown instead of the username where set (/settings); mentions still use
+    # the username.
+    display_name = models.CharField(max_length=100, blank=True, default="")
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"

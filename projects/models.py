@@ -17,6 +17,17 @@ class Project(models.Model):
     # project; bumped under the row lock in the change's transaction.
     seq = models.BigIntegerField(default=0)
 
+    class Kind(models.TextChoices):
+        PROJECT = "project"
+        DM = "dm"
+
+    # A direct message is a private project of kind `dm` whose members are
+    # fixed at creation (nobody joins, is added or leaves); `dm_key` is its
+    # member set -- the sorted user ids joined by commas -- and unique, so two
+    # people opening the same conversation at once get one.
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.PROJECT)
+    dm_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+
     class Meta:
         ordering = ["name", "id"]
         indexes = [
@@ -56,3 +67,31 @@ class Membership(models.Model):
     @property
     def is_admin(self):
         return self.role in (self.Role.OWNER, self.Role.ADMIN)
+
+
+class Invite(models.Model):
+    """A link that lets people join a project (and sign up): `/join/<token>`.
+
+    Only a hash of the token is stored (sha256 of a 256-bit secret; see
+    projects.invites), so a database read does not hand out working links.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="invites")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="invites_created",
+        db_index=False,
+    )
+    token_hash = models.CharField(max_length=64, unique=True)
+    max_uses = models.PositiveIntegerField(null=True, blank=True)
+    uses = models.PositiveIntegerField(default=0)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["created_by", "created_at"], name="idx_invite_creator_created"),
+        ]
+
+    def __str__(self):
+        return f"invite to {self.project_id} ({self.uses}/{self.max_uses or '∞'})"
