@@ -12,7 +12,7 @@ from accounts.ratelimit import (
 )
 from chat.serializers import serialize_user
 from chatsite.api import BODY_ERRORS, documented
-from chatsite.errors import ChatError, Forbidden, NotAuthenticated, RateLimited
+from chatsite.errors import ChatError, Forbidden, Invalid, NotAuthenticated, RateLimited
 
 router = Router(tags=["auth"])
 
@@ -59,6 +59,29 @@ def logout_view(request):
 @router.get("/me", auth=django_auth, openapi_extra=documented({200: "UserBody"}, (401,)))
 def me(request):
     return {"user": serialize_user(request.user)}
+
+
+class PasswordIn(Schema):
+    old_password: str
+    new_password: str
+
+
+@router.post("/password", auth=django_auth, response={204: None}, openapi_extra=documented(
+    {204: None}, (*BODY_ERRORS, 401, 403, 429)))
+def change_password(request, payload: PasswordIn):
+    """Change the caller's password; this session stays, every other one is signed out."""
+    from accounts.forms import PasswordChangeForm, error_codes, error_text
+
+    form = PasswordChangeForm(request.user, data=payload.dict(), request=request)
+    if not form.is_valid():
+        if form.unavailable is not None:
+            raise form.unavailable
+        if form.throttled:
+            raise RateLimited("Too many failed attempts; wait a minute.",
+                              retry_after=retry_after())
+        raise Invalid(error_text(form), fields=error_codes(form))
+    form.save(request)
+    return 204, None
 
 
 __all__ = ["router", "ChatError"]

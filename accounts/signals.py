@@ -9,9 +9,13 @@ from accounts.backends import forget_user
 from accounts.models import User
 
 
+# Fields whose change says nothing about access: Django's sign-in saves
+# last_login alone, /settings saves display_name alone.
+NOT_ACCESS_FIELDS = {"last_login", "display_name"}
+
+
 def _signs_in_only(update_fields):
-    # Django's sign-in saves last_login alone: nothing about access changed.
-    return update_fields is not None and set(update_fields) <= {"last_login"}
+    return update_fields is not None and set(update_fields) <= NOT_ACCESS_FIELDS
 
 
 @receiver(post_save, sender=User)

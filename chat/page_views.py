@@ -22,11 +22,14 @@ from chatsite.errors import ChatError, Forbidden, NotFound
 from chatsite.pagination import DEFAULT_LIMIT
 from projects.access import access_project, get_active_project
 from projects.actions import do_mark_read
-from projects.models import Membership
-from projects.selectors import count_members
+from projects.dms import get_project_title
+from projects.models import Membership, Project
+from projects.selectors import get_member_page
 from projects.views import render_forbidden, render_not_found
 
 SNIPPET_CHARS = 300
+# Members listed in the project page's panel; members.js loads the rest.
+MEMBERS_SHOWN = 100
 
 
 def parse_seq(raw):
@@ -216,10 +219,21 @@ def render_project(request, project, membership, *, error=None, draft="", status
         # JavaScript needs; chat.js reports reads of live messages itself.
         do_mark_read(request.user, project.pk, project.seq)
 
-    member_count = count_members(project)
+    # The members panel's first page and the member count, in one query
+    # (templates/chat/_members.html; static/chat/members.js pages on).
+    members, member_count = get_member_page(project.pk, limit=MEMBERS_SHOWN)
+    viewer_role = membership.role
+    is_dm = project.kind == Project.Kind.DM
+    # A DM is titled by its other members (projects.dms: one query, DMs only).
+    title = get_project_title(project, request.user)
+    # A "Message" button by each other author opens a DM with them; in a
+    # two-person DM it would only reopen this page.
+    message_buttons = project.kind != project.Kind.DM or member_count > 2
     state = {
         "projectId": project.pk,
-        "projectName": project.name,
+        "projectName": title,
+        "messageButtons": message_buttons,
+        "dmUrl": reverse("dm_open", args=["_"])[:-1],
         # The project's number as read with the membership, before the rows:
         # a change committed in between is both rendered and replayed by the
         # socket (the client applies changes by id, so once), never missed.
@@ -248,8 +262,17 @@ def render_project(request, project, membership, *, error=None, draft="", status
     }
     context = {
         "project": project,
+        "project_title": title,
+        "message_buttons": message_buttons,
         "membership": membership,
         "member_count": member_count,
+        "members": members,
+        "members_more": member_count > len(members),
+        # What the panel offers (projects.actions checks again): owners and
+        # admins remove (admins not owners), owners set roles; nobody in a DM.
+        "can_remove_members": not is_dm and viewer_role in (
+            Membership.Role.OWNER, Membership.Role.ADMIN),
+        "can_change_roles": not is_dm and viewer_role == Membership.Role.OWNER,
         "chat_messages": shown,
         "has_older": has_older,
         "is_latest": is_latest,

@@ -2,6 +2,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.urls import path, re_path
 
 from chat.consumers import ProjectConsumer
+from chat.me_consumer import MeConsumer
 
 # ProjectConsumer's "no such project" code, for a path that names nothing.
 CLOSE_NO_ROUTE = 4404
@@ -22,5 +23,6 @@ class NoRouteConsumer(AsyncWebsocketConsumer):
 
 websocket_urlpatterns = [
     path("ws/projects/<int:project_id>/", ProjectConsumer.as_asgi()),
+    path("ws/me/", MeConsumer.as_asgi()),  # the sidebar's counts (docs/PROTOCOL.md)
     re_path(r"", NoRouteConsumer.as_asgi()),  # last: whatever else was asked for
 ]

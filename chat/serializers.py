@@ -51,11 +51,15 @@ def serialize_user(user):
 
 
 def serialize_project(
-    project, *, membership=None, unread_count=None, member_count=None, mention_count=None
+    project, *, membership=None, unread_count=None, member_count=None, mention_count=None,
+    name=None,
 ):
+    """Return the project JSON of docs/API.md; `name` overrides the stored one
+    (a DM is named per viewer from its other members: projects.dms)."""
     data = {
         "id": project.pk,
-        "name": project.name,
+        "name": project.name if name is None else name,
+        "kind": project.kind,
         "description": project.description,
         "owner_id": project.owner_id,
         "is_private": project.is_private,

@@ -61,12 +61,13 @@ COMPONENT_SCHEMAS = {
     "UserBody": _object({"user": ref("User")}),
     "CsrfToken": _object({"csrf_token": STR}),
     "Project": _object(
-        {"id": INT, "name": STR, "description": STR, "owner_id": INT, "is_private": BOOL,
+        {"id": INT, "name": STR, "kind": {"type": "string", "enum": ["project", "dm"]},
+         "description": STR, "owner_id": INT, "is_private": BOOL,
          "is_active": BOOL, "created_at": TIME, "seq": INT, "role": STR,
          "last_read_seq": INT, "unread_count": INT, "mention_count": INT,
          "member_count": INT},
-        required=["id", "name", "description", "owner_id", "is_private", "is_active",
-                  "created_at", "seq"]),
+        required=["id", "name", "kind", "description", "owner_id", "is_private",
+                  "is_active", "created_at", "seq"]),
     "ProjectPage": _object({"items": {"type": "array", "items": ref("Project")},
                             "total": INT, "page": INT, "per_page": INT,
                             "has_next": BOOL, "has_prev": BOOL}),
@@ -329,5 +330,6 @@ def parse_positive_int(value, name, *, default=None, minimum=1, maximum=MAX_ID):
 
 api.add_router("/auth", "accounts.api.router")
 api.add_router("/projects", "projects.api.router")
+api.add_router("/dms", "projects.dm_api.router")
 api.add_router("", "chat.api.router")
 api.add_router("", "chat.upload_api.router")

@@ -111,6 +111,8 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                # The sidebar's list, read only when a page shows it (lazy).
+                "projects.context_processors.sidebar",
             ],
         },
     },
@@ -250,6 +252,19 @@ if WS_PUBLIC_URL and not WS_PUBLIC_URL.startswith(("ws://", "wss://")):
 # Pub/sub channels are shared by every database number of a Redis server: two
 # deployments (or test runs) on one Redis must not hear each other.
 BUS_PREFIX = env("BUS_PREFIX", f"chat:{DATABASES['default'].get('NAME', 'db')}")
+# User-targeted socket events (/ws/me/: a read pointer moved, a membership
+# began or ended) travel on Channels' layer, one group per user
+# (chat.realtime.me); a project's changes keep their hub. channels-redis in
+# production shape, the process's memory on the embedded default.
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{BUS_PREFIX}:layer"},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 WS_MAX_FRAME_BYTES = env("WS_MAX_FRAME_BYTES", 65536, int)
 WS_SEND_QUEUE_FRAMES = env("WS_SEND_QUEUE_FRAMES", 256, int)
 WS_RATE_PER_SECOND = env("WS_RATE_PER_SECOND", 10.0, float)
@@ -301,8 +316,13 @@ LOGIN_URL = "/login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/login"
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# Open sign-up at /signup without an invite (/signup is 404 otherwise);
+# invite links (/join/<token>) sign people up either way (docs/OPERATIONS.md).
+ALLOW_SIGNUP = env("ALLOW_SIGNUP", False, bool)
 if env("FAST_PASSWORD_HASHER", False, bool):
     # Tests and load tests only: log-in cost is not what they measure.
     PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

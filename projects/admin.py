@@ -1,10 +1,11 @@
 """Admin for projects and memberships: autocomplete widgets, bounded filters."""
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 
 from projects.actions import do_deactivate_projects
-from projects.models import Membership, Project
+from projects.models import Invite, Membership, Project
 
 
 class ProjectFilter(admin.SimpleListFilter):
@@ -49,6 +50,29 @@ class ProjectFilter(admin.SimpleListFilter):
         return queryset.filter(project_id=chosen)
 
 
+class DirectMessageMemberInline(admin.TabularInline):
+    """A DM's members, read-only: its member set is its identity (Project.dm_key)."""
+
+    model = Membership
+    fields = ("user", "role", "joined_at", "last_read_seq")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("user")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
     list_display = (
@@ -56,22 +80,26 @@ class ProjectAdmin(admin.ModelAdmin):
         "name",
         "owner",
         "is_active",
+        "kind",
         "is_private",
         "seq",
         "created_at",
     )
     list_display_links = ("id", "name")
     list_select_related = ("owner",)
-    list_filter = ("is_active", "is_private")
+    list_filter = ("kind", "is_active", "is_private")
     # Also what the project autocomplete widgets (memberships, messages) search.
     search_fields = ("name",)
     autocomplete_fields = ("owner",)
     # seq numbers every change in the project; only chat.actions may move it.
-    readonly_fields = ("seq", "created_at")
+    # A DM's kind and member-set key are made by projects.dms only.
+    readonly_fields = ("kind", "dm_key", "seq", "created_at")
     fields = (
         "name",
         "description",
         "owner",
+        "kind",
+        "dm_key",
         "is_active",
         "is_private",
         "seq",
@@ -81,6 +109,19 @@ class ProjectAdmin(admin.ModelAdmin):
     list_per_page = 50
     show_full_result_count = False
     actions = ("deactivate_selected",)
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        if obj is not None and obj.kind == Project.Kind.DM:
+            # A new owner would become a member (save_model) and a public DM
+            # would be joinable: its people are fixed (projects.dms).
+            return (*fields, "owner", "is_private")
+        return fields
+
+    def get_inlines(self, request, obj):
+        if obj is not None and obj.kind == Project.Kind.DM:
+            return [DirectMessageMemberInline]  # read-only: nobody is added or removed
+        return super().get_inlines(request, obj)
 
     @admin.action(description="Deactivate selected projects", permissions=["change"])
     def deactivate_selected(self, request, queryset):
@@ -110,14 +151,83 @@ class ProjectAdmin(admin.ModelAdmin):
         return False
 
 
+class MembershipAdminForm(forms.ModelForm):
+    def clean_project(self):
+        project = self.cleaned_data.get("project")
+        if project is not None and project.kind == Project.Kind.DM:
+            raise forms.ValidationError(
+                "A direct message's members are fixed: nobody is added to one."
+            )
+        return project
+
+
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):
+    # A DM's memberships are read-only here (projects.dms): the form refuses
+    # adding one, and an existing one can be neither changed nor deleted.
+    def has_change_permission(self, request, obj=None):
+        if obj is not None and obj.project.kind == Project.Kind.DM:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and obj.project.kind == Project.Kind.DM:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        # The changelist's bulk delete skips DM memberships.
+        super().delete_queryset(request, queryset.exclude(project__kind=Project.Kind.DM))
+
     list_display = ("id", "user", "project", "role", "last_read_seq", "joined_at")
     list_select_related = ("user", "project")
     list_filter = ("role", ProjectFilter)
     search_fields = ("user__username", "project__name")
+    search_help_text = "A username or a project name (or part of one)."
+    form = MembershipAdminForm
     autocomplete_fields = ("user", "project")
     readonly_fields = ("joined_at",)
     ordering = ("-id",)
+    # Only the primary key orders a page without sorting every membership.
+    sortable_by = ("id",)
     list_per_page = 50
     show_full_result_count = False
+
+    def get_paginator(self, request, queryset, per_page, orphans=0,
+                      allow_empty_first_page=True):
+        # Memberships grow as users x projects: counted as the message admin
+        # counts (an estimate unfiltered, else a capped count). Imported here:
+        # chat.admin imports this module.
+        from chat.admin import EstimatedCountPaginator
+
+        return EstimatedCountPaginator(queryset, per_page, orphans, allow_empty_first_page)
+
+
+@admin.register(Invite)
+class InviteAdmin(admin.ModelAdmin):
+    """Invite links; only the token's hash exists, so no link is shown (or made) here:
+    links are made through the API, which shows the token once."""
+
+    list_display = ("id", "project", "created_by", "use_count", "expires_at", "revoked",
+                    "created_at")
+    list_select_related = ("project", "created_by")
+    search_fields = ("project__name",)
+    raw_id_fields = ("project", "created_by")
+    fields = ("project", "created_by", "max_uses", "uses", "expires_at", "revoked_at",
+              "created_at")
+    # The count moves only through projects.invites (its conditional UPDATE).
+    readonly_fields = ("uses", "created_at")
+    ordering = ("-id",)
+    list_per_page = 50
+    show_full_result_count = False
+
+    @admin.display(description="uses")
+    def use_count(self, obj):
+        return f"{obj.uses}/{obj.max_uses if obj.max_uses is not None else '∞'}"
+
+    @admin.display(boolean=True)
+    def revoked(self, obj):
+        return obj.revoked_at is not None
+
+    def has_add_permission(self, request):
+        return False

@@ -2,6 +2,7 @@
 
 import functools
 
+import orjson
 from django.conf import settings
 from django.db import connection
 from django.db.models import Q
@@ -21,14 +22,26 @@ def _project_page_sql():
     times the query's own cost here): one fixed statement, built once. The
     unread count is a correlated subquery served by the (project, seq) unique
     index, the mention count one served by idx_mention_user_project_seq, and
-    the total a window count -- one query, not one per project.
+    the total a window count -- one query, not one per project. A direct
+    message's other members' names come as a JSON array from a correlated
+    aggregate (served by the membership's project index, evaluated for DMs
+    only); dm_names_to_title sorts and joins them.
     """
+    from django.contrib.auth import get_user_model
+
     qn = connection.ops.quote_name
     membership, project = qn(Membership._meta.db_table), qn(Project._meta.db_table)
     message, mention = qn(Message._meta.db_table), qn(Mention._meta.db_table)
+    user = qn(get_user_model()._meta.db_table)
+    # json_agg / json_group_array: any character in a name survives the trip.
+    json_array = "json_agg" if connection.vendor == "postgresql" else "json_group_array"
     return (
-        "SELECT p.id, p.name, p.description, p.owner_id, p.is_private, p.is_active,"
+        "SELECT p.id, p.name, p.kind, p.description, p.owner_id, p.is_private, p.is_active,"
         " p.created_at, p.seq, ms.role, ms.last_read_seq,"
+        f" CASE WHEN p.kind = 'dm' THEN (SELECT {json_array}("
+        "   COALESCE(NULLIF(u.display_name, ''), u.username))"
+        f"   FROM {membership} o INNER JOIN {user} u ON u.id = o.user_id"
+        "   WHERE o.project_id = ms.project_id AND o.user_id <> %s) END,"
         f" (SELECT COUNT(*) FROM {message} x WHERE x.project_id = ms.project_id"
         "   AND x.seq > ms.last_read_seq AND x.deleted_at IS NULL AND x.author_id <> %s),"
         f" (SELECT COUNT(*) FROM {mention} n INNER JOIN {message} y ON y.id = n.message_id"
@@ -47,10 +60,12 @@ def get_user_project_page(user, *, offset=0, limit=50):
     Each project is its API JSON (serialize_project's fields) with the
     membership's role and last_read_seq, `unread_count` (messages after the
     last read one, not deleted, not the user's own) and `mention_count`
-    (unread messages mentioning the user).
+    (unread messages mentioning the user). A direct message's `name` is its
+    other members' names (projects.dms); `kind` tells the two apart.
     """
     with connection.cursor() as cursor:
-        cursor.execute(_project_page_sql(), [user.pk, user.pk, user.pk, limit, offset])
+        cursor.execute(_project_page_sql(),
+                       [user.pk, user.pk, user.pk, user.pk, limit, offset])
         rows = cursor.fetchall()
     if rows:
         total = rows[0][-1]
@@ -59,7 +74,8 @@ def get_user_project_page(user, *, offset=0, limit=50):
     projects = [
         {
             "id": pk,
-            "name": name,
+            "name": dm_names_to_title(dm_names, name) if kind == "dm" else name,
+            "kind": kind,
             "description": description,
             "owner_id": owner_id,
             "is_private": bool(is_private),
@@ -71,10 +87,20 @@ def get_user_project_page(user, *, offset=0, limit=50):
             "unread_count": unread,
             "mention_count": mentions,
         }
-        for (pk, name, description, owner_id, is_private, is_active, created_at, seq,
-             role, last_read_seq, unread, mentions, _total) in rows
+        for (pk, name, kind, description, owner_id, is_private, is_active, created_at, seq,
+             role, last_read_seq, dm_names, unread, mentions, _total) in rows
     ]
     return projects, total
+
+
+def dm_names_to_title(names, stored_name):
+    """A DM's title from its other members' names as the list query returns them
+    (a JSON array: decoded by psycopg, text from SQLite), else its stored name."""
+    from projects.dms import join_names
+
+    if isinstance(names, (str, bytes)):
+        names = orjson.loads(names)
+    return join_names(names) if names else stored_name
 
 
 def count_user_projects(user):
@@ -218,3 +244,51 @@ def get_user_projects_body(user, *, page, per_page):
     read = ProjectListRead(user.pk, page, per_page)
     found = safe_get_many(read.keys)
     return read.body(user, [found.get(key) for key in read.keys])
+
+
+# --- members ---------------------------------------------------------------------------
+
+
+def serialize_member(membership):
+    """A member's API JSON (docs/API.md, "Members"); the user must be joined in."""
+    user = membership.user
+    return {
+        "user": {"id": user.pk, "username": user.username,
+                 "display_name": user.display_name},
+        "role": membership.role,
+        "joined_at": membership.joined_at,
+    }
+
+
+def get_member_page(project_id, *, offset=0, limit=50):
+    """Return (members, total): a page of a project's members, owners first, in one query.
+
+    Owners, then admins, then members, each by username. The users are joined
+    in and the total is a window count over the same rows, so a page costs one
+    query whatever its size (a page past the last adds a COUNT).
+    """
+    from django.db.models import Case, Count, IntegerField, Value, When, Window
+
+    role_rank = Case(
+        When(role=Membership.Role.OWNER, then=Value(0)),
+        When(role=Membership.Role.ADMIN, then=Value(1)),
+        default=Value(2),
+        output_field=IntegerField(),
+    )
+    rows = list(
+        Membership.objects.filter(project_id=project_id)
+        .select_related("user")
+        .only("id", "role", "joined_at", "user_id", "user__id", "user__username",
+              "user__display_name")
+        .annotate(role_rank=role_rank, total=Window(Count("id")))
+        .order_by("role_rank", "user__username", "user_id")[offset:offset + limit]
+    )
+    if rows:
+        total = rows[0].total
+    else:
+        total = count_members_by_id(project_id) if offset else 0
+    return [serialize_member(m) for m in rows], total
+
+
+def count_members_by_id(project_id):
+    return Membership.objects.filter(project_id=project_id).count()

@@ -33,10 +33,16 @@ def membership_changed(sender, instance, **kwargs):
     # readers that rebuilt from the old rows in between.
     invalidate()
     transaction.on_commit(invalidate)
+    from chat.realtime.me import notify_membership
+
     if kwargs.get("signal") is post_delete:
         from chat.realtime.notify import notify_access_ended
 
         notify_access_ended(project_id=project_id, user_ids=[user_id])
+        notify_membership(user_id, project_id, "removed")
+    elif kwargs.get("created", False):
+        # The member's /ws/me/ sockets add the project and listen to it.
+        notify_membership(user_id, project_id, "joined")
 
 
 @receiver(post_save, sender=Project)

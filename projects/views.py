@@ -8,7 +8,8 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from chatsite.errors import ChatError, Forbidden, Invalid, NotFound
 from projects import actions, selectors
@@ -50,7 +51,9 @@ def render_home(request, *, create_error=None, create_form=None, status=200):
         user, offset=(page - 1) * HOME_PAGE_SIZE, limit=HOME_PAGE_SIZE
     )
     context = {
-        "projects": projects,
+        # One list query; its DMs are shown in their own section.
+        "projects": [p for p in projects if p["kind"] != "dm"],
+        "direct_messages": [p for p in projects if p["kind"] == "dm"],
         "total": total,
         "page": page,
         "has_next": page * HOME_PAGE_SIZE < total,
@@ -100,6 +103,9 @@ def join_project(request, project_id):
         return render_not_found(request, error.message)
     except Forbidden as error:
         return render_forbidden(request, error.message, project=None)
+    except ChatError as error:  # Invalid: a DM's members are fixed (its member sees it)
+        messages.error(request, error.message)
+        return redirect("project", project_id=project_id)
     return redirect("project", project_id=project.pk)
 
 
@@ -118,3 +124,62 @@ def leave_project(request, project_id):
         return redirect("project", project_id=project_id)
     messages.success(request, f"You left {project.name}.")
     return redirect(reverse("home"))
+
+
+# --- invite links (projects.invites; docs/API.md §9) ------------------------------
+
+
+def render_gone(request):
+    """The 410 page of an invite that expired, was revoked or was used up; it
+    names no project."""
+    return render(request, "410.html", status=410)
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def join_by_invite(request, token):
+    """/join/<token>: the project's name for a holder of a live invite; a POST joins
+    a signed-in user, or signs a new person up and joins them, then opens the project."""
+    from accounts.forms import SignUpForm
+    from accounts.views import render_form_page, sign_up
+    from projects.invites import InviteGone, do_join_by_invite, get_invite
+
+    try:
+        invite = get_invite(token)
+        if request.user.is_authenticated:
+            if request.method == "POST":
+                project, _ = do_join_by_invite(request.user, token)
+                return redirect("project", project_id=project.pk)
+            return render(request, "projects/join.html", {"invite": invite,
+                          "project": invite.project, "token": token})
+        data = request.POST if request.method == "POST" else None
+        form = SignUpForm(request=request, data=data)
+        context = {"invite": invite, "project": invite.project, "token": token, "form": form}
+        if request.method == "POST":
+            if form.is_valid() and sign_up(request, form, invite=invite) is not None:
+                return redirect("project", project_id=invite.project_id)
+            return render_form_page(request, "projects/join.html", context, form)
+        return render(request, "projects/join.html", context)
+    except NotFound:
+        return render_not_found(request, "This invite link is not valid.")
+    except InviteGone:
+        return render_gone(request)
+
+
+# --- direct messages (projects.dms; docs/API.md "Direct messages") -----------------
+
+
+@require_POST
+@login_required
+def open_direct_message(request, username):
+    """The "Message" button by an author's name: open (or start) the DM with them."""
+    from projects.dms import check_open_dm
+
+    try:
+        project, _ = check_open_dm(request.user, [username])
+    except NotFound:
+        return render_not_found(request, "No such user.")
+    except ChatError as error:  # yourself alone; a conversation closed by an admin
+        messages.error(request, error.message)
+        return redirect(reverse("home"))
+    return redirect("project", project_id=project.pk)

@@ -217,7 +217,12 @@ class ProjectHub:
     def add(self, consumer):
         self.consumers.add(consumer)
         get_registry().add_socket(consumer)
-        self.presence.announce(query=len(self.consumers) == 1)
+        # A /ws/me/ listener (chat.realtime.me) hears changes but is nobody
+        # online in the project: it neither shows in presence nor announces.
+        if getattr(consumer, "in_presence", True):
+            self.presence.announce(query=not any(
+                c is not consumer and getattr(c, "in_presence", True)
+                for c in self.consumers))
 
     def remove(self, consumer):
         self.consumers.discard(consumer)
@@ -227,7 +232,7 @@ class ProjectHub:
         if not self.consumers and not self.closed:
             self.closed = True
             self.loop.create_task(self._close())
-        else:
+        elif getattr(consumer, "in_presence", True):
             self.presence.announce()
 
     async def _close(self):

@@ -36,7 +36,8 @@ class Presence:
     def local_users(self):
         users = {}
         for consumer in self.hub.consumers:
-            users[consumer.user_id] = consumer.username
+            if getattr(consumer, "in_presence", True):  # not a /ws/me/ listener
+                users[consumer.user_id] = consumer.username
         return [{"id": uid, "username": name} for uid, name in sorted(users.items())]
 
     def announce(self, query=False):

@@ -249,7 +249,8 @@ def test_home_shows_the_mention_count_next_to_unread(client_member, owner, proje
     send(owner, project, "@member look")
     send(owner, project, "@all and look")
     send(owner, project, "plain")
-    text = client_member.get("/").text
+    # The home page's own list (the sidebar before it lists the project too).
+    text = client_member.get("/").text.split('id="main"', 1)[1]
     item = text.split(f'data-project-id="{project.pk}"', 1)[1].split("</li>", 1)[0]
     assert "3 unread" in item
     assert re.search(r'class="mention-count" data-mentions="2"[^>]*>2 mentions<', item)

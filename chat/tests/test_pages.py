@@ -169,11 +169,15 @@ def test_page_loads_script_from_static_and_has_no_inline_code(client_member, pro
     text = client_member.get(page_url(project)).text
     assert '<script src="/static/chat/chat.js" defer></script>' in text
     scripts = re.findall(r"<script([^>]*)>", text)
-    # Only the JSON data block and the static file: a CSP can forbid inline code.
+    # Only the JSON data blocks and the static files (the page's and the
+    # sidebar's): a CSP can forbid inline code.
     assert sorted(scripts) == sorted(
         [
             ' src="/static/chat/chat.js" defer',
             ' id="chat-state" type="application/json"',
+            ' src="/static/chat/sidebar.js" defer',
+            ' id="sidebar-state" type="application/json"',
+            ' src="/static/chat/members.js" defer',
         ]
     )
     assert "onclick" not in text and "https://" not in text
@@ -281,8 +285,9 @@ def test_project_page_is_a_constant_number_of_queries(
     # Session and user come from the cache (see warm_up). 1 membership with its
     # project (access_project), 2 the page of messages with their authors
     # joined, then marking the page read (do_mark_read): 3 its own membership
-    # check and 4 the conditional UPDATE; 5 member count. Nothing per message.
-    with django_assert_num_queries(5):
+    # check and 4 the conditional UPDATE; 5 member count; 6 the sidebar's list
+    # (projects.context_processors). Nothing per message.
+    with django_assert_num_queries(6):
         response = client_member.get(page_url(project))
     assert len(rendered_seqs(response)) == min(count, 50)
 
@@ -292,8 +297,9 @@ def test_project_page_already_read_skips_the_read_update(
 ):
     send(owner, project, 3)
     client_member.get(page_url(project))
-    # membership, messages, member count: nothing left to mark read.
-    with django_assert_num_queries(3):
+    # membership, messages, member count, the sidebar's list: nothing left to
+    # mark read.
+    with django_assert_num_queries(4):
         client_member.get(page_url(project))
 
 
@@ -431,8 +437,8 @@ def test_search_is_a_constant_number_of_queries(
     send(owner, project, 30, prefix="needle")
     warm_up(client_member)
     # my projects (the filter, and names for the hits), the search with its
-    # authors joined; session and user come from the cache.
-    with django_assert_num_queries(2):
+    # authors joined, the sidebar's list; session and user come from the cache.
+    with django_assert_num_queries(3):
         client_member.get("/search", {"q": "needle"})
 
 

@@ -71,10 +71,14 @@ def test_raw_html_in_a_message_never_reaches_the_page_unescaped(
     text = client_member.get(page_url(project)).text
     assert "<script>alert" not in text and "<img src=x" not in text
     assert '<p>&lt;script&gt;alert("x")&lt;/script&gt; <strong>hi</strong> &lt;img src=x&gt;</p>' in text
-    # The only script elements: the page state (JSON) and chat.js.
+    # The only script elements: the page state (JSON) and chat.js, the
+    # sidebar's state and sidebar.js.
     assert re.findall(r"<script[^>]*>", text) == [
+        '<script id="sidebar-state" type="application/json">',
         '<script id="chat-state" type="application/json">',
         '<script src="/static/chat/chat.js" defer>',
+        '<script src="/static/chat/members.js" defer>',
+        '<script src="/static/chat/sidebar.js" defer>',
     ]
 
 
@@ -218,8 +222,8 @@ def test_rich_messages_cost_the_page_no_query(
     warm_up(client_member)
     # As for plain messages (test_pages.py): membership, the page of messages,
     # the read mark's membership check and UPDATE, the member count. Reactions
-    # and attachments are on the message row (their summaries).
-    with django_assert_num_queries(5):
+    # and attachments are on the message row (their summaries); the sidebar's list.
+    with django_assert_num_queries(6):
         response = client_member.get(page_url(project))
     assert len(rendered_seqs(response)) == 12
     assert response.text.count('class="attachment attachment-image"') == 12

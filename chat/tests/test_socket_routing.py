@@ -21,7 +21,7 @@ def app():
 
 
 @pytest.mark.parametrize("path", [
-    "/ws/me/", "/ws/projects/abc/", "/ws/projects/1/extra/", "/ws/", "/anything",
+    "/ws/you/", "/ws/projects/abc/", "/ws/projects/1/extra/", "/ws/", "/anything",
 ])
 async def test_an_unknown_socket_path_closes_4404_without_an_error(path, caplog):
     comm = WebsocketCommunicator(app(), path, headers=[ORIGIN])
@@ -35,7 +35,7 @@ async def test_an_unknown_socket_path_closes_4404_without_an_error(path, caplog)
 
 
 async def test_an_unknown_path_from_a_foreign_origin_is_still_refused_first():
-    comm = WebsocketCommunicator(app(), "/ws/me/", headers=[(b"origin", b"http://evil.example")])
+    comm = WebsocketCommunicator(app(), "/ws/you/", headers=[(b"origin", b"http://evil.example")])
     accepted, _ = await comm.connect()
     await comm.disconnect()
     assert not accepted

@@ -41,8 +41,9 @@ def test_counts_order_and_fields(projects, member):
     assert by_name["gamma"]["role"] == "member" and by_name["gamma"]["is_private"] is False
     assert by_name["gamma"]["is_active"] is True
     assert set(by_name["gamma"]) == {
-        "id", "name", "description", "owner_id", "is_private", "is_active", "created_at",
-        "seq", "role", "last_read_seq", "unread_count", "mention_count"}
+        "id", "name", "kind", "description", "owner_id", "is_private", "is_active",
+        "created_at", "seq", "role", "last_read_seq", "unread_count", "mention_count"}
+    assert by_name["gamma"]["kind"] == "project"
 
 
 def test_paging_keeps_the_total(projects, member):

@@ -47,7 +47,8 @@
   const MAX_ATTACHMENTS = 10;
   const FINAL_CLOSE = {
     4401: "You were signed out.",
-    4403: "You are no longer a member of this project.",
+    // Removal by an owner or admin, or leaving in another tab (docs/PROTOCOL.md).
+    4403: "You were removed from this project.",
     4404: "This project no longer exists.",
     4429: "Too many open chat tabs: close some and reload this one.",
   };
@@ -398,6 +399,15 @@
 
     const meta = element("div", "msg-meta");
     meta.append(element("span", "msg-author", m.user.username));
+    if (state.messageButtons && m.user.id !== me.id) {
+      // As chat/_message.html: submits the page's one #dm-open form (CSRF) to /dm/<username>.
+      const dm = element("button", "link-button msg-dm", "Message");
+      dm.type = "submit";
+      dm.setAttribute("form", "dm-open");
+      dm.setAttribute("formaction", state.dmUrl + encodeURIComponent(m.user.username));
+      dm.title = `Message ${m.user.username} directly`;
+      meta.append(dm);
+    }
     const link = element("a", "msg-time");
     link.href = `${state.projectUrl}?around=${m.seq}#m-${m.seq}`;
     const time = element("time", null, formatTime(m.created_at));
