@@ -8,7 +8,6 @@ from django.dispatch import receiver
 from accounts.backends import forget_user
 from accounts.models import User
 
-
 # Fields whose change says nothing about access: Django's sign-in saves
 # last_login alone, /settings saves display_name alone.
 NOT_ACCESS_FIELDS = {"last_login", "display_name"}
