@@ -3,7 +3,7 @@
 Usage:
     .venv/bin/python bench/loadtest_targets.py [--users 500] [--projects 25]
         [--duration 60] [--message-rate 120] [--workers 2] [--steady]
-        [--think-time MIN,MAX] [--http-workers N] [--http-threads N]
+        [--think-time MIN,MAX] [--me-sockets] [--http-workers N] [--http-threads N]
         [--csv PREFIX] [--metrics FILE] [--extra KEY=VALUE ...]
 
 Starts `make serve`'s layout (HTTP on granian's WSGI interface, sockets on
@@ -45,6 +45,8 @@ def main():
     parser.add_argument("--think-time", default=None, help="MIN,MAX seconds between HTTP tasks")
     parser.add_argument("--ws-users", default=None, help="users with a socket (loadtest's --ws-users)")
     parser.add_argument("--steady", action="store_true", help="steady-state latencies (loadtest's --steady)")
+    parser.add_argument("--me-sockets", action="store_true",
+                        help="every user also holds /ws/me/ (loadtest's --me-sockets)")
     parser.add_argument("--csv", metavar="PREFIX", default=None,
                         help="locust's CSV files (stats, per-second history) at PREFIX")
     parser.add_argument("--metrics", metavar="FILE", default=None,
@@ -82,6 +84,8 @@ def main():
             cmd += ["--ws-users", args.ws_users]
         if args.steady:
             cmd += ["--steady"]
+        if args.me_sockets:
+            cmd += ["--me-sockets"]
         if args.csv:
             cmd += ["--csv", args.csv]
         print("$", " ".join(cmd[1:]), flush=True)

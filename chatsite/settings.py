@@ -260,7 +260,10 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{BUS_PREFIX}:layer"},
+            # No read timeout: channels-redis waits on BRPOP for 5 s, and redis-py
+            # 8's default 5 s socket timeout would kill an idle /ws/me/ consumer.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                       "prefix": f"{BUS_PREFIX}:layer"},
         }
     }
 else:

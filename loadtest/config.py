@@ -22,6 +22,9 @@ set (a missing one takes its default):
   LOADTEST_WAIT           think time "MIN,MAX" seconds between HTTP tasks
                           (default "0.25,0.75": about 2 requests/s per user)
   LOADTEST_WS_USERS       fixed number of SocketChatUser when both classes run
+  LOADTEST_ME_SOCKETS     "1": every user (HTTP and socket users alike) also holds
+                          the user-level socket /ws/me/ after signing in
+                          (default: empty, off; "0"/"false"/"no"/"off" are off too)
   LOADTEST_DRAIN_SECONDS  at the end, wait for in-flight deliveries until none
                           progressed for this long (default 10) ...
   LOADTEST_DRAIN_MAX_SECONDS  ... or this long in all (default 120)
@@ -61,6 +64,11 @@ def parse_think_time(text):
     return low, high
 
 
+def parse_flag(text):
+    """Read a yes/no variable: "1", "true", "yes", "on" (any case) are yes; else no."""
+    return str(text or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def format_think_time(think_time):
     """Write (MIN, MAX) as "MIN,MAX", the form parse_think_time reads."""
     return ",".join(str(x) for x in think_time)
@@ -82,6 +90,7 @@ class LoadTestConfig:
     message_interval: float = DEFAULT_MESSAGE_INTERVAL
     think_time: tuple[float, float] = DEFAULT_THINK_TIME
     ws_users: int | None = None
+    me_sockets: bool = False  # every user also holds /ws/me/
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
     drain_max_seconds: float = DEFAULT_DRAIN_MAX_SECONDS
     result_file: str = ""
@@ -110,6 +119,7 @@ class LoadTestConfig:
                 env.get("LOADTEST_WAIT", format_think_time(DEFAULT_THINK_TIME))
             ),
             ws_users=int(env["LOADTEST_WS_USERS"]) if env.get("LOADTEST_WS_USERS") else None,
+            me_sockets=parse_flag(env.get("LOADTEST_ME_SOCKETS")),
             drain_seconds=float(env.get("LOADTEST_DRAIN_SECONDS", DEFAULT_DRAIN_SECONDS) or 0),
             drain_max_seconds=float(
                 env.get("LOADTEST_DRAIN_MAX_SECONDS", DEFAULT_DRAIN_MAX_SECONDS) or 0
@@ -133,6 +143,7 @@ class LoadTestConfig:
             "LOADTEST_MESSAGE_INTERVAL": str(self.message_interval),
             "LOADTEST_WAIT": format_think_time(self.think_time),
             "LOADTEST_WS_USERS": "" if self.ws_users is None else str(self.ws_users),
+            "LOADTEST_ME_SOCKETS": "1" if self.me_sockets else "",
             "LOADTEST_DRAIN_SECONDS": str(self.drain_seconds),
             "LOADTEST_DRAIN_MAX_SECONDS": str(self.drain_max_seconds),
             "LOADTEST_RESULT_FILE": self.result_file,

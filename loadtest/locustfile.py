@@ -26,6 +26,16 @@ client saw (the drain waits while deliveries progress); what it has not by then
 is lost too. The counters are printed (``LOADTEST_RESULT {...}``) and written as
 JSON to LOADTEST_RESULT_FILE.
 
+The sidebar's socket: with LOADTEST_ME_SOCKETS=1 (``manage.py loadtest
+--me-sockets``) every user, HTTP and socket users alike, also opens one
+``/ws/me/`` (docs/PROTOCOL.md §10) right after signing in, with the same
+session cookie and Origin, and holds it until it stops (``MeSocket``). It
+sends nothing; a reader greenlet counts its frames (hello, project_update,
+membership), its connect failures and the server's closes into the result
+(``me_*``), and each handshake (through the hello frame) is reported to
+locust as request type "WS", name "me connect". Off, nothing of it runs, so
+the same load can be measured with and without it.
+
 Users are created beforehand (``manage.py seed_demo --loadtest --users N``
 creates load0..load{N-1}); the i-th locust user signs in as
 ``<LOADTEST_USERS_PREFIX><i mod LOADTEST_ACCOUNTS>``.
@@ -100,7 +110,18 @@ class Run:
             "sockets_behind_at_end", "hello_seq_zero", "sockets_closed_before_stop",
             "duplicated_at_join", "ws_unacked", "resync_failures", "caught_up_over_http",
             "http_post_retries", "project_discovery_failures",
+            # /ws/me/ (LOADTEST_ME_SOCKETS): connects, failures, the server's
+            # closes, reconnects, and the frames received by type.
+            "me_socket_connects", "me_socket_connect_failures", "me_socket_closes",
+            "me_socket_reconnects", "me_sockets_closed_before_stop", "me_frames",
+            "me_hello", "me_project_updates", "me_memberships", "me_other_frames",
         ), 0)
+        self.me_enabled = CONFIG.me_sockets
+        self.me_sockets = set()  # open MeSocket objects
+        self.all_me_sockets = []  # every MeSocket of the run (one per signed-in user)
+        self.me_sockets_peak = 0
+        self.me_sockets_at_stop = 0
+        self.me_close_codes = {}
         self.send_errors = {}
         self.close_codes = {}
         self.started_at = None  # test_start
@@ -163,6 +184,20 @@ def describe(response):
     return f"HTTP {response.status_code}: {(response.text or '')[:200]}"
 
 
+def ws_base(user):
+    """The ws(s):// base of the socket server: LOADTEST_WS_URL, else the host's."""
+    if CONFIG.ws_url:  # a socket server of its own (make serve)
+        return CONFIG.ws_url
+    base = urlparse(user.host)
+    scheme = "wss" if base.scheme == "https" else "ws"
+    return f"{scheme}://{base.netloc}"
+
+
+def close_code(data):
+    """The code of a close frame's payload (1006: none, the connection just went)."""
+    return struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1006
+
+
 def make_content(via):
     return orjson.dumps({"lt": CONFIG.run_id, "t": time.time(), "via": via}).decode()
 
@@ -200,12 +235,7 @@ class ProjectSocket:
 
     # -- connection --
     def _url(self, after):
-        if CONFIG.ws_url:  # a socket server of its own (make serve)
-            url = f"{CONFIG.ws_url}/ws/projects/{self.project_id}/"
-        else:
-            base = urlparse(self.user.host)
-            scheme = "wss" if base.scheme == "https" else "ws"
-            url = f"{scheme}://{base.netloc}/ws/projects/{self.project_id}/"
+        url = f"{ws_base(self.user)}/ws/projects/{self.project_id}/"
         return url + (f"?after={after}" if after is not None else "")
 
     def connect(self):
@@ -434,11 +464,127 @@ class ProjectSocket:
             gevent.sleep(CONFIG.message_interval)
 
 
+class MeSocket:
+    """One user's /ws/me/ (the sidebar's socket): held open, read and counted, never sent on."""
+
+    # Closes after which the sidebar does not reconnect (docs/PROTOCOL.md §10):
+    # signed out, forbidden, not found, too many sockets.
+    FINAL_CLOSES = (4401, 4403, 4404, 4429)
+
+    def __init__(self, user):
+        self.user = user
+        self.ws = None
+        self.reader = None
+        self.closing = False
+        RUN.all_me_sockets.append(self)
+
+    def connect(self):
+        """Open the socket and read its hello; report the handshake to locust."""
+        started = time.perf_counter()
+        try:
+            ws = websocket.create_connection(
+                f"{ws_base(self.user)}/ws/me/", timeout=30, origin=self.user.origin,
+                cookie=self.user.cookie_header(), enable_multithread=True,
+                skip_utf8_validation=True,  # as ProjectSocket: orjson checks it in C
+            )
+            opcode, data = ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                raise ConnectionError(f"/ws/me/ refused with close code {close_code(data)}")
+            hello = orjson.loads(data)
+            if hello.get("type") != "hello":
+                raise ConnectionError(f"expected hello, got {hello.get('type')!r}")
+            ws.settimeout(None)
+        except Exception as error:  # noqa: BLE001 - reported to locust
+            RUN.bump("me_socket_connect_failures")
+            events.request.fire(
+                request_type="WS", name="me connect",
+                response_time=(time.perf_counter() - started) * 1000, response_length=0,
+                exception=error, context={},
+            )
+            return False
+        events.request.fire(
+            request_type="WS", name="me connect",
+            response_time=(time.perf_counter() - started) * 1000, response_length=len(data),
+            exception=None, context={},
+        )
+        RUN.bump("me_socket_connects")
+        RUN.bump("me_frames")
+        RUN.bump("me_hello")
+        self.ws = ws
+        RUN.me_sockets.add(self)
+        if RUN.stopped_at is None:
+            RUN.me_sockets_peak = max(RUN.me_sockets_peak, len(RUN.me_sockets))
+        return True
+
+    def start(self):
+        """Connect (retrying in the background if that fails) and start reading."""
+        connected = self.connect()
+        self.reader = gevent.spawn(self.read_loop, connected)
+
+    def close(self):
+        if RUN.stopped_at is None and self in RUN.me_sockets:
+            RUN.bump("me_sockets_closed_before_stop")
+        self.closing = True
+        RUN.me_sockets.discard(self)
+        # Stop the reader first, so the close handshake reads its own answer.
+        if self.reader is not None:
+            self.reader.kill(block=True, timeout=1)
+        if self.ws is not None:
+            try:
+                self.ws.close(timeout=1)
+            except Exception as error:  # noqa: BLE001 - closing anyway
+                logger.debug("closing a /ws/me/ socket: %s", error)
+
+    def read_loop(self, connected=True):
+        if not connected and not self.reconnect():
+            return
+        while not self.closing:
+            try:
+                opcode, data = self.ws.recv_data(control_frame=True)
+            except Exception:  # noqa: BLE001 - connection gone
+                opcode, data = websocket.ABNF.OPCODE_CLOSE, b""
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                if self.closing:
+                    return
+                code = close_code(data)
+                RUN.me_sockets.discard(self)
+                RUN.bump("me_socket_closes")
+                RUN.me_close_codes[str(code)] = RUN.me_close_codes.get(str(code), 0) + 1
+                logger.warning("/ws/me/ of %s closed by the server (code %s)",
+                               self.user.username, code)
+                if code in self.FINAL_CLOSES or not self.reconnect():
+                    return
+                continue
+            if opcode != websocket.ABNF.OPCODE_TEXT:
+                continue
+            RUN.bump("me_frames")
+            kind = orjson.loads(data).get("type")
+            if kind == "project_update":
+                RUN.bump("me_project_updates")
+            elif kind == "membership":
+                RUN.bump("me_memberships")
+            elif kind == "hello":
+                RUN.bump("me_hello")
+            else:
+                RUN.bump("me_other_frames")
+
+    def reconnect(self):
+        for attempt in range(5):
+            if self.closing or RUN.stopped_at is not None:
+                return False
+            gevent.sleep(0.2 * (attempt + 1))
+            if self.connect():
+                RUN.bump("me_socket_reconnects")
+                return True
+        return False
+
+
 class ChatUser(FastHttpUser):
     """The guide's HTTP user: history, project list and sends, weighted 3:2:1."""
 
     wait_time = between(*CONFIG.think_time)
     username = ""
+    me_socket = None
 
     def on_start(self):
         self.client.cookiejar = self.client.client.cookiejar = SteadyCookieJar()
@@ -450,6 +596,14 @@ class ChatUser(FastHttpUser):
         self.login()
         self.project_id = self.discover_project()
         RUN.project_ids.add(self.project_id)
+        if CONFIG.me_sockets and RUN.stopped_at is None:
+            # The sidebar's socket, as every signed-in page holds one.
+            self.me_socket = MeSocket(self)
+            self.me_socket.start()
+
+    def on_stop(self):
+        if self.me_socket is not None:
+            self.me_socket.close()
 
     def login(self):
         with self.client.get("/api/auth/csrf", name="auth: csrf", catch_response=True) as r:
@@ -580,6 +734,7 @@ class SocketChatUser(ChatUser):
     def on_stop(self):
         if self.socket is not None:
             self.socket.close()
+        super().on_stop()
 
 
 if CONFIG.ws_users is not None:
@@ -659,6 +814,7 @@ def _on_stopping(environment, **kwargs):
     RUN.window_requests = RUN.http_requests - (
         RUN.steady_requests if RUN.steady_at is not None else 0)
     RUN.sockets_at_stop = len(RUN.sockets)
+    RUN.me_sockets_at_stop = len(RUN.me_sockets)
     RUN.sending = False
     # Wait while deliveries progress: a loaded server may be seconds behind, and
     # only what never arrives is lost. Give up after drain_seconds without any

@@ -109,6 +109,12 @@ def build_result(run, stats, *, run_id, generator):
         "requests_per_second": round(requests_in_window / window, 2) if window > 0 else 0.0,
         "sockets_open_at_stop": run.sockets_at_stop,
         "sockets_peak": run.sockets_peak,
+        # /ws/me/ (LOADTEST_ME_SOCKETS): held by how many of the users that opened one.
+        "me_sockets": run.me_enabled,
+        "me_sockets_users": len(run.all_me_sockets),
+        "me_sockets_open_at_stop": run.me_sockets_at_stop,
+        "me_sockets_peak": run.me_sockets_peak,
+        "me_close_codes": dict(run.me_close_codes),
         "messages_sent": run.counts["ws_sent"] + run.counts["http_sent"],
         "messages_delivered": len(run.delivered),
         "messages_delivered_in_window": messages_in_window,
@@ -260,6 +266,8 @@ def format_report(result, steady=False):
         f"{summary['sockets_behind_at_end']:,} still behind after the "
         f"{summary['drain_seconds']:.1f} s drain."
     )
+    if summary.get("me_sockets"):
+        lines.append(format_me_sockets(summary))
     generator = summary.get("generator") or {}
     if generator.get("loop_lag_p95_ms") is not None:
         lines.append(
@@ -271,6 +279,21 @@ def format_report(result, steady=False):
             "generator's own lag."
         )
     return Report(lines=lines, problems=list_problems(result), failed=failed)
+
+
+def format_me_sockets(summary):
+    """The /ws/me/ line: whether every user held the sidebar's socket, and what it received."""
+    return (
+        f"/ws/me/: held by {summary['me_sockets_open_at_stop']:,} of "
+        f"{summary['me_sockets_users']:,} users at the stop (peak "
+        f"{summary['me_sockets_peak']:,}); {summary['me_socket_connects']:,} connects, "
+        f"{summary['me_socket_connect_failures']:,} failed, "
+        f"{summary['me_socket_closes']:,} closed by the server (close codes "
+        f"{summary['me_close_codes'] or '{}'}), {summary['me_socket_reconnects']:,} "
+        f"reconnected; {summary['me_frames']:,} frames received: "
+        f"{summary['me_hello']:,} hello, {summary['me_project_updates']:,} project_update, "
+        f"{summary['me_memberships']:,} membership, {summary['me_other_frames']:,} other."
+    )
 
 
 # (summary key, what a nonzero count of it says), in the order they are listed
@@ -287,6 +310,9 @@ COUNTED_PROBLEMS = [
         "{} of the duplicates were at or below the socket's after= when it (re)connected",
     ),
     ("http_post_retries", "{} POSTs retried after no answer (same client_msg_id)"),
+    ("me_socket_connect_failures", "{} /ws/me/ connects failed"),
+    ("me_socket_closes", "{} /ws/me/ sockets closed by the server"),
+    ("me_sockets_closed_before_stop", "{} /ws/me/ sockets closed before the stop"),
     (
         "ws_unacked",
         "{} socket sends never acknowledged (server backlog at the end, or a dropped socket)",
@@ -306,4 +332,11 @@ def list_problems(result):
     if summary["send_errors"]:
         problems.append(f"socket send errors {summary['send_errors']}")
     problems += [text.format(summary[key]) for key, text in COUNTED_PROBLEMS if summary.get(key)]
+    if summary.get("me_sockets") and (
+        summary["me_sockets_open_at_stop"] < summary["me_sockets_users"]
+    ):
+        problems.append(
+            f"only {summary['me_sockets_open_at_stop']:,} of {summary['me_sockets_users']:,} "
+            "users held /ws/me/ at the stop"
+        )
     return problems

@@ -158,7 +158,9 @@ def test_browser_talks_through_granian_and_the_socket_server(split_servers):
         carol.wait_for_function("() => !window.chatClient.connected", timeout=10000)
         sockets.start()
         carol.wait_for_function("() => window.chatClient.connected", timeout=20000)
-        assert sockets_opened and all(u.startswith(sockets.ws_url + "/ws/projects/")
-                                      for u in sockets_opened)
+        # Project sockets and the sidebar's /ws/me/ alike.
+        assert any("/ws/projects/" in u for u in sockets_opened)
+        assert any(u.startswith(sockets.ws_url + "/ws/me/") for u in sockets_opened)
+        assert all(u.startswith(sockets.ws_url + "/ws/") for u in sockets_opened)
         assert carol.errors == [] and dave.errors == []
         browser.close()

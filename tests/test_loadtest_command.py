@@ -174,3 +174,55 @@ def test_users_spread_over_two_projects_lose_nothing(workers, choose, tmp_path):
         if server is not None:
             server.stop()
         close()
+
+
+def test_me_sockets_setting_goes_through_the_environment():
+    from loadtest.config import LoadTestConfig
+
+    assert LoadTestConfig().me_sockets is False
+    assert LoadTestConfig.from_env(LoadTestConfig().to_env()).me_sockets is False
+    on = LoadTestConfig(me_sockets=True)
+    assert on.to_env()["LOADTEST_ME_SOCKETS"] == "1"
+    assert LoadTestConfig.from_env(on.to_env()).me_sockets is True
+    assert LoadTestConfig.from_env({"LOADTEST_ME_SOCKETS": "0"}).me_sockets is False
+
+
+@pytest.mark.live
+def test_every_user_holds_the_me_socket_with_me_sockets(tmp_path):
+    env, close = make_live_env()
+    server = None
+    try:
+        users = [f"lt{i}" for i in range(6)]
+        project_id = create_users_and_project(env, users, "Load")
+        server = LiveServer(env).start()
+        result_file = tmp_path / "result.json"
+        # 4 socket users and 2 HTTP-only ones: both kinds open /ws/me/.
+        proc = subprocess.run(
+            [sys.executable, "manage.py", "loadtest", "--url", server.url,
+             "--users", "6", "--ws-users", "4", "--spawn-rate", "6", "--duration", "8",
+             "--users-prefix", "lt", "--password", PASSWORD, "--project-id", str(project_id),
+             "--message-rate", "6", "--drain", "10", "--me-sockets",
+             "--json", str(result_file)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
+        )
+        output = check_run(proc, server, sockets=4)
+        assert "every user also holds /ws/me/" in output
+        assert any(line.startswith("/ws/me/: held by 6 of 6 users") for line in
+                   output.splitlines()), output[-3000:]
+
+        result = json.loads(result_file.read_text())
+        summary = result["summary"]
+        assert summary["me_sockets"] is True
+        assert summary["me_socket_connects"] == 6, summary
+        assert summary["me_sockets_users"] == summary["me_sockets_open_at_stop"] == 6
+        assert summary["me_hello"] == 6
+        assert summary["me_project_updates"] > 0, summary
+        assert summary["me_socket_connect_failures"] == summary["me_socket_closes"] == 0
+        assert summary["me_sockets_closed_before_stop"] == 0
+        assert summary["lost"] == summary["duplicated"] == summary["out_of_order"] == 0
+        connect = result["entries"]["WS me connect"]
+        assert connect["count"] == 6 and connect["failures"] == 0, connect
+    finally:
+        if server is not None:
+            server.stop()
+        close()

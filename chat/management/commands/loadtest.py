@@ -125,6 +125,10 @@ class Command(BaseCommand):
                                  f"together (default one per socket user every "
                                  f"{DEFAULT_MESSAGE_INTERVAL:g} s; 0 sends none). HTTP users also "
                                  "POST messages (1 task in 6).")
+        parser.add_argument("--me-sockets", action="store_true",
+                            help="every user (HTTP-only and socket users alike) also holds "
+                                 "the sidebar's socket /ws/me/ after signing in; the report "
+                                 "shows its counters (loadtest/README.md)")
         think_time = format_think_time(DEFAULT_THINK_TIME)
         parser.add_argument("--think-time", default=think_time,
                             help="MIN,MAX seconds between one user's HTTP tasks "
@@ -260,6 +264,7 @@ class Command(BaseCommand):
             message_interval=interval,
             think_time=think_time,
             ws_users=ws_users if 0 < ws_users < options["users"] else None,
+            me_sockets=options["me_sockets"],
             drain_seconds=options["drain"],
             drain_max_seconds=options["drain_max"],
         )
@@ -394,6 +399,7 @@ class Command(BaseCommand):
             f"{where}, spawn {spawn_rate:g}/s, {duration:g} s, socket messages "
             f"{rate:g}/s" + (f" (one per socket every {config.message_interval:.2f} s)"
                              if config.message_interval else "")
+            + ("; every user also holds /ws/me/" if config.me_sockets else "")
         )
         self.stdout.flush()
         budget = duration + users / spawn_rate + options["drain_max"] + 90
