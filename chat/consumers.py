@@ -314,8 +314,21 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         self.push_frame(encode_frame(frame))
 
     # -- incoming --
+    def accepting_frames(self):
+        """Whether incoming frames are read (the socket has joined its hub)."""
+        return self.hub is not None
+
+    def frame_handlers(self):
+        """The frame types this socket takes, each with its handler."""
+        return {
+            "message.send": self.message_send,
+            "typing": self.typing,
+            "read": self.read,
+            "ping": self.ping,
+        }
+
     async def receive(self, text_data=None, bytes_data=None):
-        if self.closing or self.hub is None:
+        if self.closing or not self.accepting_frames():
             return
         size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
         if size > settings.WS_MAX_FRAME_BYTES:
@@ -330,12 +343,7 @@ class ProjectConsumer(AsyncWebsocketConsumer):
             return await self.send_error("bad_json", "The frame is not valid JSON.")
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             return await self.send_error("bad_frame", "A frame is a JSON object with a type.")
-        handler = {
-            "message.send": self.message_send,
-            "typing": self.typing,
-            "read": self.read,
-            "ping": self.ping,
-        }.get(event["type"])
+        handler = self.frame_handlers().get(event["type"])
         if handler is None:
             return await self.send_error("unknown_type", f"Unknown frame type {event['type'][:50]!r}.")
         await handler(event)

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 
-import orjson
 from django.conf import settings
 
 from chat import metrics
@@ -19,9 +18,7 @@ from chat.consumers import ProjectConsumer, TokenBucket
 from chat.realtime.frames import (
     CLOSE_NOT_MEMBER,
     CLOSE_NOT_SIGNED_IN,
-    CLOSE_TOO_BIG,
     CLOSE_TOO_MANY_SOCKETS,
-    PONG,
     encode_frame,
 )
 from chat.realtime.hub import (
@@ -291,24 +288,9 @@ class MeConsumer(ProjectConsumer):
             self.refresher.cancel()
         await super()._close_dropping(code)
 
-    # -- incoming: only ping --
-    async def receive(self, text_data=None, bytes_data=None):
-        if self.closing or not self.registered:
-            return
-        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
-        if size > settings.WS_MAX_FRAME_BYTES:
-            return await self.close_with(CLOSE_TOO_BIG)
-        if text_data is None:
-            return await self.send_error("bad_frame", "Frames must be JSON text.")
-        if not self.frame_bucket.take():
-            return await self.send_error("rate_limited", "Too many frames; slow down.")
-        try:
-            event = orjson.loads(text_data)
-        except orjson.JSONDecodeError:
-            return await self.send_error("bad_json", "The frame is not valid JSON.")
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            return await self.send_error("bad_frame", "A frame is a JSON object with a type.")
-        if event["type"] != "ping":
-            return await self.send_error(
-                "unknown_type", f"Unknown frame type {event['type'][:50]!r}.")
-        self.push_frame(PONG)
+    # -- incoming: only ping (ProjectConsumer.receive checks and parses) --
+    def accepting_frames(self):
+        return self.registered
+
+    def frame_handlers(self):
+        return {"ping": self.ping}
