@@ -14,7 +14,9 @@ which prints the targets tables. Loopback only; bounded by --duration.
 
 import argparse
 import os
+import re
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -68,7 +70,8 @@ def main():
         server = LiveServer(env, port=page_port, workers=args.http_workers or args.workers,
                             http="granian", threads=args.http_threads,
                             extra_env={"WS_PUBLIC_URL": sockets.ws_url}).start()
-        before = server.cpu_seconds() + sockets.cpu_seconds()
+        calibration = healthz_calibration(server.url)
+        http_before, sockets_before = server.cpu_seconds(), sockets.cpu_seconds()
         machine_before = machine_cpu()
         generator_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
@@ -95,12 +98,22 @@ def main():
         busy, total = (after - start for after, start in zip(machine_cpu(), machine_before))
         print(proc.stdout)
         print(proc.stderr[-3000:], file=sys.stderr)
-        cpu = server.cpu_seconds() + sockets.cpu_seconds() - before
+        http_cpu = server.cpu_seconds() - http_before
+        sockets_cpu = sockets.cpu_seconds() - sockets_before
+        cpu = http_cpu + sockets_cpu
         generator_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         generator = sum(getattr(generator_after, f) - getattr(generator_before, f)
                         for f in ("ru_utime", "ru_stime"))
         print(f"server CPU: {cpu:.1f} s over {elapsed:.0f} s = {cpu / elapsed * 100:.0f}% of one "
               f"core ({args.workers} workers); load average now {os.getloadavg()}")
+        print(f"  of which HTTP (granian) {http_cpu:.1f} s, sockets (uvicorn) {sockets_cpu:.1f} s")
+        rate = requests_per_second(proc.stdout)
+        if rate:
+            print(f"server CPU per request (server CPU ÷ (req/s × {elapsed:.0f} s)): "
+                  f"{cpu / (rate * elapsed) * 1000:.2f} ms, HTTP server alone "
+                  f"{http_cpu / (rate * elapsed) * 1000:.2f} ms")
+        if calibration:
+            print(f"calibration, same server before the load: {calibration}")
         print(f"load generator CPU (manage.py loadtest and locust): {generator:.1f} s = "
               f"{generator / elapsed * 100:.0f}% of one core")
         print(f"machine CPU (all processes, /proc/stat): {busy / total * 100:.0f}% busy of "
@@ -115,6 +128,23 @@ def main():
             if srv is not None:
                 srv.stop()
         close()
+
+
+def requests_per_second(report):
+    """The measured requests/s of the targets table, or None."""
+    match = re.search(r"Requests/sec\s*\|[^|]*\|\s*([\d.,]+)", report)
+    return float(match.group(1).replace(",", "")) if match else None
+
+
+def healthz_calibration(url, seconds=5):
+    """/healthz through Django with wrk (64 connections) on the server about to be
+    loaded: the box's speed today, printed beside the result (docs/PERFORMANCE.md)."""
+    if not shutil.which("wrk"):
+        return None
+    out = subprocess.run(["wrk", "-t2", "-c64", f"-d{seconds}s", f"{url}/healthz"],
+                         text=True, capture_output=True, timeout=seconds + 30).stdout
+    match = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    return f"/healthz {float(match.group(1)):,.0f} req/s (wrk, 64 connections, {seconds} s)" if match else None
 
 
 def machine_cpu():
