@@ -55,10 +55,20 @@ class EditIn(Schema):
 
 @router.get("/messages", openapi_extra=documented(
     {200: "MessagePage"}, (400, *SIGNED_IN, 403, 404),
-    page_query(query_param("project_id", ID_QUERY, "The project.", required=True))))
+    page_query(query_param(
+        "project_id", ID_QUERY,
+        "The project (newest first by seq). Without it: the caller's newest messages "
+        "across all their active projects, newest first by created_at."))))
 def list_messages(request):
-    """Page-numbered history of a project, newest first (the guide's shape)."""
-    project_id = parse_positive_int(request.GET.get("project_id"), "project_id")
+    """Page-numbered messages, newest first (the guide's shape): a project's history,
+    or without project_id the caller's newest messages across all their projects."""
+    project_id = request.GET.get("project_id")
+    if project_id in (None, ""):
+        page, per_page = page_params(request)
+        return json_body(
+            selectors.get_all_messages_body(request.user, page=page, per_page=per_page)
+        )
+    project_id = parse_positive_int(project_id, "project_id")
     page, per_page = page_params(request)
     return json_body(
         selectors.get_message_page_body(request.user, project_id, page=page, per_page=per_page)

@@ -44,6 +44,8 @@ DEFAULT_USERS_PREFIX = "load"
 DEFAULT_PROJECT_NAME = "Load"
 DEFAULT_MESSAGE_INTERVAL = 5.0  # one socket message per socket user every 5 s
 DEFAULT_THINK_TIME = (0.25, 0.75)
+# The guide's locustfile: `wait_time = between(1, 3)` (`--scenario guide`).
+GUIDE_WAIT = (1.0, 3.0)
 DEFAULT_DRAIN_SECONDS = 10.0
 DEFAULT_DRAIN_MAX_SECONDS = 120.0
 

@@ -1,8 +1,8 @@
 """Locust scenarios for the chat (`manage.py loadtest`, docs/OPERATIONS.md "loadtest"; targets: docs/PERFORMANCE.md, "The targets, where we stand").
 
-Two user classes; `manage.py loadtest` picks them (see loadtest/README.md):
+Three user classes; `manage.py loadtest` picks them (see loadtest/README.md):
 
-* ``ChatUser`` -- the performance guide's HTTP user on ``FastHttpUser``: signs
+* ``ChatUser`` -- the targets run's HTTP user on ``FastHttpUser``: signs
   in (GET /api/auth/csrf, POST /api/auth/login with X-CSRFToken and Referer),
   then runs weighted tasks: history page (3, "complex GET: history"), project
   list (2, "simple GET: projects"), send a message (1, "POST: message").
@@ -13,6 +13,10 @@ Two user classes; `manage.py loadtest` picks them (see loadtest/README.md):
   (reconnecting with after=<last> if dropped, reading the API after a
   ``resync_required``); a sender greenlet sends ``message.send`` over the
   socket every LOADTEST_MESSAGE_INTERVAL seconds.
+* ``GuideUser`` -- the performance guide's own locustfile (``--scenario
+  guide``): wait 1-3 s, then GET /api/messages?page=1&per_page=50 (3), GET
+  /api/projects (2) or POST /api/messages (1), signed in as ChatUser is.
+  HTTP only.
 
 Every message the test sends (over HTTP or the socket) has as content a small
 JSON object with the sender's wall-clock send time, so every receiver times
@@ -58,7 +62,6 @@ import random
 import struct
 import time
 import uuid
-from http.cookiejar import CookieJar
 from urllib.parse import urlparse
 
 import gevent
@@ -68,7 +71,8 @@ from gevent.lock import Semaphore
 from locust import FastHttpUser, between, events, task
 from locust.exception import StopUser
 
-from loadtest.config import LoadTestConfig
+from loadtest.config import GUIDE_WAIT, LoadTestConfig
+from loadtest.cookies import SteadyCookieJar
 from loadtest.report import (
     DELIVERY,
     HISTORY,
@@ -144,37 +148,6 @@ class Run:
 
 
 RUN = Run()
-
-
-class SteadyCookieJar(CookieJar):
-    """A load user's cookie jar that builds its Cookie header once.
-
-    The standard library's jar matches every cookie against every request
-    (domain, path, expiry): 8 % of this generator's samples at 1,000 requests/s
-    went there. A load user talks to one host and its cookies (session,
-    CSRF) are site-wide, so the header is built from the jar and kept until a
-    response sets a cookie; the jar itself still takes every Set-Cookie.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self._header = None
-
-    def header(self):
-        """The Cookie header of the jar's cookies (also the socket's)."""
-        if self._header is None:
-            self._header = "; ".join(f"{c.name}={c.value}" for c in self)
-        return self._header
-
-    def add_cookie_header(self, request):
-        header = self.header()
-        if header and not request.has_header("Cookie"):
-            request.add_unredirected_header("Cookie", header)
-
-    def extract_cookies(self, response, request):
-        if response.headers.get("Set-Cookie") is not None:
-            super().extract_cookies(response, request)
-            self._header = None
 
 
 def describe(response):
@@ -579,10 +552,10 @@ class MeSocket:
         return False
 
 
-class ChatUser(FastHttpUser):
-    """The guide's HTTP user: history, project list and sends, weighted 3:2:1."""
+class SignedInUser(FastHttpUser):
+    """A user signed in as its account, with its project found: the base of both scenarios."""
 
-    wait_time = between(*CONFIG.think_time)
+    abstract = True
     username = ""
     me_socket = None
 
@@ -631,7 +604,8 @@ class ChatUser(FastHttpUser):
         return None
 
     def cookie_header(self):
-        return self.client.cookiejar.header()
+        """The Cookie header of this user's sockets (the socket server's host)."""
+        return self.client.cookiejar.header(ws_base(self))
 
     def discover_project(self):
         if CONFIG.project_ids:
@@ -671,6 +645,12 @@ class ChatUser(FastHttpUser):
             RUN.bump("project_discovery_failures")
             raise StopUser()
         return named[0]["id"]
+
+
+class ChatUser(SignedInUser):
+    """The targets scenario's HTTP user: history, project list and sends, weighted 3:2:1."""
+
+    wait_time = between(*CONFIG.think_time)
 
     @task(3)
     def history(self):
@@ -739,6 +719,45 @@ class SocketChatUser(ChatUser):
 
 if CONFIG.ws_users is not None:
     SocketChatUser.fixed_count = CONFIG.ws_users
+
+
+class GuideUser(SignedInUser):
+    """The performance guide's locustfile, task for task (`manage.py loadtest --scenario guide`).
+
+    The guide's ChatUser: wait 1-3 s, then its messages page (3), its project
+    list (2) or a send (1), in the guide's shapes. Mapped onto this API with
+    nothing changed but what the guide leaves out: each user signs in as its own
+    account with the CSRF token (SignedInUser.login; the guide posts the login
+    bare, which Django's CSRF protection refuses), sends the token with its
+    POSTs, and posts to its own project instead of the guide's `project_id: 1`.
+    No sockets: the guide's user has none.
+    """
+
+    wait_time = between(*GUIDE_WAIT)
+
+    @task(3)
+    def get_messages(self):
+        """Get messages (most common): the newest across the user's projects."""
+        self.client.get("/api/messages?page=1&per_page=50", name=HISTORY)
+
+    @task(2)
+    def get_projects(self):
+        self.client.get("/api/projects", name=PROJECT_LIST)
+
+    @task(1)
+    def send_message(self):
+        """Send message (less common)."""
+        if not RUN.sending:
+            return
+        with self.client.post(
+            "/api/messages", json={"content": "Test message", "project_id": self.project_id},
+            headers={"X-CSRFToken": self.csrf, "Referer": self.origin + "/"},
+            name=POST_MESSAGE, catch_response=True,
+        ) as r:
+            if r.status_code != 201:
+                r.failure(describe(r))
+                return
+        RUN.bump("http_sent")
 
 
 # -- run bookkeeping ---------------------------------------------------------
@@ -847,5 +866,7 @@ def _on_stopping(environment, **kwargs):
 def _on_test_stop(environment, **kwargs):
     if not RUN.drained:
         _on_stopping(environment)
-    result = build_result(RUN, environment.stats, run_id=CONFIG.run_id, generator=LAG.summary())
+    scenario = "guide" if GuideUser in environment.user_classes else "targets"
+    result = build_result(RUN, environment.stats, run_id=CONFIG.run_id, generator=LAG.summary(),
+                          scenario=scenario)
     write_result(result, CONFIG.result_file)

@@ -1,6 +1,8 @@
 """manage.py loadtest: loopback only, and a short real run prints every target (docs/OPERATIONS.md "loadtest"; docs/PERFORMANCE.md, "The targets, where we stand")."""
 
+import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from tests.live import (
     LiveServer,
     create_users_and_project,
     make_live_env,
+    run_manage,
 )
 
 LATENCY_ROWS = ["Simple GET", "Complex GET", "POST", "WebSocket"]
@@ -222,6 +225,260 @@ def test_every_user_holds_the_me_socket_with_me_sockets(tmp_path):
         assert summary["lost"] == summary["duplicated"] == summary["out_of_order"] == 0
         connect = result["entries"]["WS me connect"]
         assert connect["count"] == 6 and connect["failures"] == 0, connect
+    finally:
+        if server is not None:
+            server.stop()
+        close()
+
+
+# --- Secure cookies on loopback, and what a refused sign-in says ------------------------
+
+
+def load_cookies(jar, url):
+    """Give jar the cookies a production-shape server sets: Secure csrftoken, and a plain one."""
+    import email.message
+    import urllib.request
+
+    headers = email.message.Message()
+    headers["Set-Cookie"] = "csrftoken=token1; Path=/; Secure; SameSite=Lax"
+    headers["Set-Cookie"] = "plain=1; Path=/"
+
+    class Response:
+        def info(self):
+            return headers
+
+    Response.headers = headers
+    jar.extract_cookies(Response(), urllib.request.Request(url + "/api/auth/csrf"))
+
+
+@pytest.mark.parametrize(("base", "secure_sent"), [
+    ("http://127.0.0.1:8000", True),
+    ("http://127.9.9.9:8000", True),
+    ("http://localhost:8000", True),
+    ("http://[::1]:8000", True),
+    ("https://example.com", True),
+    ("http://example.com", False),
+    ("http://10.0.0.5:8000", False),
+    ("http://127.0.0.1.example.com", False),
+])
+def test_the_jar_sends_secure_cookies_over_http_to_loopback_only(base, secure_sent):
+    import urllib.request
+
+    from loadtest.cookies import SteadyCookieJar
+
+    jar = SteadyCookieJar()
+    load_cookies(jar, base)
+    request = urllib.request.Request(base + "/api/projects")
+    jar.add_cookie_header(request)
+    expected = "csrftoken=token1; plain=1" if secure_sent else "plain=1"
+    assert request.get_header("Cookie") == expected
+    # The sockets' header, to the socket server's ws(s) URL, follows the same rule.
+    ws = base.replace("http", "ws", 1)
+    assert jar.header(ws) == expected
+    # A response that sets a cookie rebuilds the header.
+    jar.clear()
+    load_cookies(jar, base)
+    assert jar.header(base + "/") == expected
+
+
+def test_the_standard_jar_would_not_send_them_to_loopback():
+    """Why the jar exists: the standard policy keeps Secure cookies for https."""
+    import urllib.request
+    from http.cookiejar import CookieJar
+
+    jar = CookieJar()
+    load_cookies(jar, "http://127.0.0.1:8000")
+    request = urllib.request.Request("http://127.0.0.1:8000/api/projects")
+    jar.add_cookie_header(request)
+    assert request.get_header("Cookie") == "plain=1"
+
+
+SECURE_SETTINGS = """from chatsite.settings import *  # noqa: F403
+
+# Production shape's cookies, also on the embedded default (where settings.py
+# sets them only with PostgreSQL and Redis).
+SESSION_COOKIE_SECURE = True
+CSRF_COOKIE_SECURE = True
+"""
+
+
+@pytest.fixture(scope="module")
+def secure_server(tmp_path_factory):
+    """A live server whose session and CSRF cookies are Secure, over plain http on
+    loopback (as `make serve` is), with users lt0..lt11 in project "Load"."""
+    settings_dir = tmp_path_factory.mktemp("secure_settings")
+    (settings_dir / "secure_cookie_settings.py").write_text(SECURE_SETTINGS)
+    env, close = make_live_env()
+    env.update({
+        "SESSION_COOKIE_SECURE": "true", "CSRF_COOKIE_SECURE": "true",
+        "DJANGO_SETTINGS_MODULE": "secure_cookie_settings",
+        "PYTHONPATH": os.pathsep.join([str(settings_dir), str(ROOT)]),
+    })
+    server = None
+    try:
+        project_id = create_users_and_project(env, [f"lt{i}" for i in range(12)], "Load")
+        server = LiveServer(env).start()
+        yield server, env, project_id
+    finally:
+        if server is not None:
+            server.stop()
+        close()
+
+
+def set_cookie_headers(url):
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/api/auth/csrf", timeout=10) as response:
+        return response.headers.get_all("Set-Cookie")
+
+
+@pytest.mark.live
+def test_runs_against_a_server_whose_cookies_are_secure(secure_server, tmp_path):
+    server, env, project_id = secure_server
+    (csrf_cookie,) = set_cookie_headers(server.url)
+    assert csrf_cookie.startswith("csrftoken=") and "Secure" in csrf_cookie
+    result_file = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "manage.py", "loadtest", "--url", server.url,
+         "--users", "4", "--spawn-rate", "4", "--duration", "6",
+         "--users-prefix", "lt", "--password", PASSWORD, "--project-id", str(project_id),
+         "--message-rate", "4", "--drain", "10", "--json", str(result_file)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
+    )
+    check_run(proc, server, sockets=4)
+    summary = json.loads(result_file.read_text())["summary"]
+    assert summary["login_failures"] == summary["total_failures"] == 0, summary
+    assert summary["socket_connect_failures"] == 0 and summary["http_sent"] > 0, summary
+
+
+@pytest.mark.live
+def test_a_refused_sign_in_says_what_failed(secure_server, monkeypatch):
+    from http.cookiejar import DefaultCookiePolicy
+
+    from chat.management.commands.loadtest import Command
+    from loadtest.cookies import LoopbackSecureCookiePolicy
+
+    server, _env, project_id = secure_server
+    command = Command()
+    assert command.preflight(server.url, "lt0", PASSWORD, project_id) == project_id
+
+    with pytest.raises(CommandError) as wrong:
+        command.preflight(server.url, "lt0", "not-the-password", project_id)
+    assert "wrong username or password" in str(wrong.value)
+    assert "CSRF" not in str(wrong.value)
+
+    # A jar that keeps Secure cookies for https, as the standard library's does:
+    # the server refuses the sign-in's CSRF check, and the error says why.
+    monkeypatch.setattr(LoopbackSecureCookiePolicy, "return_ok_secure",
+                        DefaultCookiePolicy.return_ok_secure)
+    with pytest.raises(CommandError) as refused:
+        command.preflight(server.url, "lt0", PASSWORD, project_id)
+    message = str(refused.value)
+    assert "CSRF check refused the sign-in" in message and "csrf_failed" in message
+    assert "csrftoken cookie is Secure and was not sent back over plain http" in message
+    assert "Create the load test users" not in message
+
+
+GUIDE_REQUESTS = {
+    "GET complex GET: history", "GET simple GET: projects", "POST POST: message",
+}
+
+
+@pytest.mark.live
+def test_the_guide_scenario_runs_the_guides_mix_and_writes_locusts_html_report(
+    secure_server, tmp_path
+):
+    server, env, project_id = secure_server
+    users, duration = 12, 8
+    html_file, result_file = tmp_path / "guide.html", tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "manage.py", "loadtest", "--scenario", "guide", "--url", server.url,
+         "--users", str(users), "--spawn-rate", str(users), "--duration", str(duration),
+         "--users-prefix", "lt", "--password", PASSWORD, "--project-id", str(project_id),
+         "--html", str(html_file), "--json", str(result_file)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
+    )
+    output = proc.stdout
+    assert proc.returncode == 0, output[-4000:] + proc.stderr[-2000:]
+    result = json.loads(result_file.read_text())
+    summary, entries = result["summary"], result["entries"]
+    assert summary["scenario"] == "guide"
+    assert summary["total_failures"] == summary["login_failures"] == 0, result["errors"]
+    assert summary["socket_connects"] == 0  # the guide's user holds no socket
+    # Each of the guide's three requests was made, and nothing else but signing in.
+    made = {name for name, entry in entries.items() if entry["count"]}
+    assert made == GUIDE_REQUESTS | {"GET auth: csrf", "POST auth: login"}, made
+    assert entries["POST auth: login"]["count"] == users
+    # The guide's wait (1-3 s between tasks) bounds each user's tasks by the run time.
+    tasks = sum(entries[name]["count"] for name in GUIDE_REQUESTS)
+    assert tasks <= users * (duration + 1), tasks
+    assert summary["http_sent"] == entries["POST POST: message"]["count"]
+
+    latency = parse_table(output, "Endpoint type")
+    metrics = parse_table(output, "Metric")
+    for label in ("Simple GET", "Complex GET", "POST"):
+        assert NUMBER.match(latency[label][1]), latency[label]
+    assert latency["WebSocket"][1:] == ["no sockets in this scenario", "n/a"]
+    assert NUMBER.match(metrics["Requests/sec"][1])
+    for label in METRIC_ROWS[1:]:
+        assert metrics[label][2] == "n/a", metrics[label]
+    assert any(line.startswith("scenario: guide") for line in output.splitlines())
+
+    # locust's own HTML report, with the run's requests in it, named under the tables.
+    html = html_file.read_text()
+    assert html.lstrip().lower().startswith("<!doctype html>"), html[:200]
+    assert "complex GET: history" in html and "</html>" in html.lower()
+    assert f"HTML report (locust's, with its charts over time): {html_file}" in output
+    assert "Traceback" not in server.output(), server.output()[-4000:]
+
+
+@pytest.mark.parametrize("extra", [
+    ["--ws-users", "2"], ["--message-rate", "1"], ["--me-sockets"], ["--think-time", "0,1"],
+    ["--ws-url", "ws://127.0.0.1:1"],
+])
+def test_the_guide_scenario_refuses_options_it_does_not_have(extra):
+    with pytest.raises(CommandError, match="guide's locustfile as written"):
+        call_command("loadtest", "--scenario", "guide", "--url", "http://127.0.0.1:1",
+                     "--users", "2", *extra)
+
+
+def guide_locustfile():
+    """The guide's locustfile with its one change, as loadtest/README.md shows it."""
+    text = (ROOT / "loadtest" / "README.md").read_text()
+    block = text.split("<!-- guide-locustfile -->", 1)[1]
+    return block.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.live
+def test_the_readmes_guide_locustfile_runs_without_a_failure(tmp_path):
+    code = guide_locustfile()
+    assert '"username": "testuser"' in code and '"project_id": 1' in code
+    assert "self.client.get(\"/api/messages?page=1&per_page=50\")" in code
+    (tmp_path / "locustfile.py").write_text(code)
+    env, close = make_live_env()  # cookies not Secure: requests' jar keeps those for https
+    server = None
+    try:
+        created = run_manage(env, "shell", "-c", (
+            "from accounts.models import User\n"
+            "from projects.actions import do_create_project\n"
+            "u = User.objects.create_user('testuser', 'testuser@example.com', 'testpass')\n"
+            "print(do_create_project(u, name='Guide').pk)\n"))
+        assert created.stdout.strip().splitlines()[-1] == "1"  # the guide posts to project 1
+        server = LiveServer(env).start()
+        proc = subprocess.run(
+            [sys.executable, "-m", "locust", "-f", str(tmp_path / "locustfile.py"),
+             "--headless", "-u", "6", "-r", "6", "-t", "6s", "--host", server.url,
+             "--only-summary", "--csv", str(tmp_path / "guide")],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )
+        # locust exits 1 when any request failed.
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        rows = {row["Name"]: row for row in csv.DictReader(
+            (tmp_path / "guide_stats.csv").open())}
+        total = rows["Aggregated"]
+        assert int(total["Request Count"]) > 6 and int(total["Failure Count"]) == 0, total
+        assert int(rows["/api/auth/login"]["Request Count"]) == 6
+        assert int(rows["/api/messages?page=1&per_page=50"]["Request Count"]) > 0
     finally:
         if server is not None:
             server.stop()

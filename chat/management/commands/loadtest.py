@@ -1,7 +1,6 @@
 """Run the locust scenarios headless against a URL and print the targets of docs/PERFORMANCE.md, "The targets, where we stand"."""
 
 import importlib.util
-import ipaddress
 import json
 import os
 import signal
@@ -9,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -27,11 +27,13 @@ from loadtest.config import (
     DEFAULT_PROJECT_NAME,
     DEFAULT_THINK_TIME,
     DEFAULT_USERS_PREFIX,
+    GUIDE_WAIT,
     LoadTestConfig,
     format_think_time,
     parse_project_ids,
     parse_think_time,
 )
+from loadtest.cookies import LoopbackSecureCookiePolicy, is_loopback
 from loadtest.report import format_report, read_result
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -49,22 +51,14 @@ Spread over K projects (a team chat has many rooms):
 puts load<i> in "Load", "Load 2", ... by i mod 25, and each locust user talks in
 its account's project (--project-ids a,b,c: account i uses ids[i mod 3]).
 Every locust user signs in as <prefix><i> and, by default, holds an open socket
-on the project (see loadtest/README.md). Loopback URLs only, unless
---allow-remote. Exit status: 0 when the run completed with nothing lost,
+on the project (see loadtest/README.md). --scenario guide runs the performance
+guide's own locustfile instead (HTTP only: GET /api/messages?page=1&per_page=50,
+GET /api/projects, POST /api/messages, 3:2:1, wait 1-3 s). Secure cookies go
+back over plain http to loopback only, as browsers send them. Loopback URLs
+only, unless --allow-remote. Exit status: 0 when the run completed with nothing lost,
 duplicated or out of order; 1 otherwise, or with --strict when any target
 fails.
 """
-
-
-def is_loopback(host):
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_ws_users(value, users):
@@ -101,12 +95,75 @@ def parse_project_ids_option(text):
     return ids
 
 
+def read_json(data):
+    """A response body as JSON, else its first 300 characters as text."""
+    try:
+        return json.loads(data or b"null")
+    except ValueError:
+        return data[:300].decode("utf-8", "replace")
+
+
+def brief(body):
+    """An answer in one short line: the error's code and message, or the start of the body."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        return f"{error.get('code')}: {error.get('message')}"
+    return str(body)[:200]
+
+
+def describe_cookie(jar, name, url):
+    """What became of cookie `name`: never set, or set and (not) sent back to url."""
+    cookie = next((c for c in jar if c.name == name), None)
+    if cookie is None:
+        return "was never set by the server"
+    parts = urlparse(url)
+    with jar._cookies_lock:  # the jar's own check, as it ran for the requests
+        jar._policy._now = jar._now = int(time.time())
+        sent = jar._policy.return_ok(cookie, urllib.request.Request(url + "/"))
+    plain_http = parts.scheme != "https"
+    if sent:
+        return "was sent back" + (" (Secure, over plain http to loopback, as browsers do)"
+                                  if cookie.secure and plain_http else "")
+    if cookie.secure and plain_http:
+        return (f"is Secure and was not sent back over plain http to {parts.hostname} "
+                "(browsers send Secure cookies over plain http to loopback only): use an "
+                "https URL, or for a plain-http trial run the server with "
+                "SESSION_COOKIE_SECURE=false CSRF_COOKIE_SECURE=false")
+    return f"was not sent back (its domain or path does not match {url})"
+
+
+def explain_login_failure(url, username, status, body, jar):
+    """The sign-in's failure in words: which check refused it, and what to do."""
+    code = body["error"].get("code") if isinstance(body, dict) and isinstance(
+        body.get("error"), dict) else None
+    answer = f"HTTP {status} {brief(body)}"
+    if code == "csrf_failed":
+        return (f"Cannot sign in at {url}: the server's CSRF check refused the sign-in ({answer})."
+                f" The csrftoken cookie {describe_cookie(jar, 'csrftoken', url)}; the "
+                "X-CSRFToken header and Referer were sent. Over https Django also wants the "
+                "Referer to be a trusted origin (CSRF_TRUSTED_ORIGINS).")
+    if code == "bad_credentials":
+        return (f"Cannot sign in as {username!r} at {url}: wrong username or password "
+                f"({answer}). Create the load test users first, e.g. manage.py seed_demo "
+                "--loadtest --users N, or give --users-prefix/--password of existing users.")
+    if status == 429:
+        return (f"Cannot sign in as {username!r} at {url}: the sign-in throttle refused it "
+                f"({answer}) after too many failed sign-ins a minute for this user or this "
+                "address; wait a minute.")
+    return f"Cannot sign in as {username!r} at {url}: {answer}."
+
+
 class Command(BaseCommand):
     help = HELP
 
     def add_arguments(self, parser):
         parser.add_argument("--url", default="http://127.0.0.1:8000",
                             help="base URL of the server (default http://127.0.0.1:8000)")
+        parser.add_argument("--scenario", choices=("targets", "guide"), default="targets",
+                            help="targets (default): the targets run, every user with a "
+                                 "socket; guide: the performance guide's own locustfile, "
+                                 "HTTP only, wait 1-3 s, GET /api/messages?page=1&per_page=50, "
+                                 "GET /api/projects, POST /api/messages 3:2:1")
         parser.add_argument("--ws-url", default=None,
                             help="base ws(s):// URL of the socket server when it is not "
                                  "--url's (make serve: ws://127.0.0.1:8001)")
@@ -130,9 +187,10 @@ class Command(BaseCommand):
                                  "the sidebar's socket /ws/me/ after signing in; the report "
                                  "shows its counters (loadtest/README.md)")
         think_time = format_think_time(DEFAULT_THINK_TIME)
-        parser.add_argument("--think-time", default=think_time,
+        parser.add_argument("--think-time", default=None,
                             help="MIN,MAX seconds between one user's HTTP tasks "
-                                 f"(default {think_time}: about 2 requests/s per user)")
+                                 f"(default {think_time}: about 2 requests/s per user; "
+                                 "the guide's scenario waits 1-3 s as the guide wrote it)")
         parser.add_argument("--users-prefix", default=DEFAULT_USERS_PREFIX,
                             help="usernames are <prefix>0, <prefix>1, ... "
                                  f"(default {DEFAULT_USERS_PREFIX!r})")
@@ -158,7 +216,8 @@ class Command(BaseCommand):
         parser.add_argument("--csv", metavar="PREFIX", default=None,
                             help="write locust's CSV statistics with this prefix")
         parser.add_argument("--html", metavar="FILE", default=None,
-                            help="write locust's HTML report")
+                            help="write locust's own HTML report (its tables and its charts "
+                                 "over time) to FILE")
         parser.add_argument("--json", metavar="FILE", default=None,
                             help="write the full result (counters, percentiles) as JSON")
         parser.add_argument("--drain", type=float, default=DEFAULT_DRAIN_SECONDS,
@@ -219,6 +278,24 @@ class Command(BaseCommand):
                                "locust's form like 1m30s.") from None
         if duration <= 0:
             raise CommandError("--duration must be positive.")
+        guide = options["scenario"] == "guide"
+        if guide:
+            # The guide's user has no socket and waits as the guide says.
+            given = [name for name, value in (
+                ("--ws-users", str(options["ws_users"]).lower() != "all"),
+                ("--ws-url", options["ws_url"] is not None),
+                ("--message-rate", options["message_rate"] is not None),
+                ("--me-sockets", options["me_sockets"]),
+                ("--think-time", options["think_time"] is not None),
+            ) if value]
+            if given:
+                raise CommandError(
+                    f"--scenario guide runs the guide's locustfile as written (HTTP only, "
+                    f"wait 1-3 s): {', '.join(given)} does not apply to it.")
+            options = {**options, "ws_users": "0", "message_rate": 0.0,
+                       "think_time": format_think_time(GUIDE_WAIT)}
+        elif options["think_time"] is None:
+            options = {**options, "think_time": format_think_time(DEFAULT_THINK_TIME)}
         spawn_rate = options["spawn_rate"] or max(1.0, options["users"] / 10)
         if spawn_rate <= 0:
             raise CommandError("--spawn-rate must be positive.")
@@ -293,8 +370,10 @@ class Command(BaseCommand):
         """Sign in as the first user; return the project id to use (fail early and clearly).
 
         project_name: the first user must be a member of a project of that name.
+        Cookies go back as a browser sends them (loadtest.cookies): Secure ones
+        over https, and over plain http to loopback only.
         """
-        jar = CookieJar()
+        jar = CookieJar(LoopbackSecureCookiePolicy())
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
 
         def call(method, path, body=None, headers=None):
@@ -304,30 +383,35 @@ class Command(BaseCommand):
                                                       **(headers or {})})
             try:
                 with opener.open(request, timeout=15) as response:
-                    return response.status, json.loads(response.read() or b"null")
+                    return response.status, read_json(response.read())
             except urllib.error.HTTPError as error:
-                return error.code, error.read()[:300].decode("utf-8", "replace")
+                return error.code, read_json(error.read())
 
         try:
             status, body = call("GET", "/api/auth/csrf")
         except OSError as error:
             raise CommandError(f"Cannot reach {url}: {error}. Is the server running?") from None
-        if status != 200:
-            raise CommandError(f"GET {url}/api/auth/csrf answered HTTP {status}: {body}")
+        token = body.get("csrf_token") if isinstance(body, dict) else None
+        if status != 200 or not isinstance(token, str):
+            raise CommandError(f"GET {url}/api/auth/csrf answered HTTP {status} without a "
+                               f"CSRF token ({brief(body)}): is --url this chat server?")
         status, body = call("POST", "/api/auth/login",
                             {"username": username, "password": password},
-                            {"X-CSRFToken": body["csrf_token"], "Referer": url + "/"})
+                            {"X-CSRFToken": token, "Referer": url + "/"})
+        if status != 200:
+            raise CommandError(explain_login_failure(url, username, status, body, jar))
+        status, body = call("GET", "/api/auth/me")
         if status != 200:
             raise CommandError(
-                f"Cannot sign in as {username!r} at {url} (HTTP {status}: {body}). Create the "
-                "load test users first, e.g. manage.py seed_demo --loadtest --users N, or give "
-                "--users-prefix/--password of existing users."
+                f"Signed in as {username!r} at {url}, but the next request was not signed in "
+                f"(GET /api/auth/me: HTTP {status}: {brief(body)}): the session cookie "
+                f"{describe_cookie(jar, settings.SESSION_COOKIE_NAME, url)}."
             )
         if project_id is not None:
             status, body = call("GET", f"/api/projects/{project_id}")
             if status != 200:
                 raise CommandError(f"{username!r} cannot open project {project_id}: "
-                                   f"HTTP {status}: {body}")
+                                   f"HTTP {status}: {brief(body)}")
             return project_id
         status, body = call("GET", "/api/projects?per_page=100")
         items = body.get("items", []) if status == 200 and isinstance(body, dict) else []
@@ -369,13 +453,20 @@ class Command(BaseCommand):
                 url, username, config.password, config.project_id))
             where = f"project {config.project_id}"
 
-        if ws_users == users:
+        if options["scenario"] == "guide":
+            classes = ["GuideUser"]
+        elif ws_users == users:
             classes = ["SocketChatUser"]
         elif ws_users == 0:
             classes = ["ChatUser"]
         else:
             classes = ["SocketChatUser", "ChatUser"]
-        result_file = options["json"] or os.path.join(
+        # Locust runs in the repository root: files named relative to the caller's
+        # directory are made absolute here.
+        csv_prefix, html_file, json_file = (
+            os.path.abspath(options[name]) if options[name] else None
+            for name in ("csv", "html", "json"))
+        result_file = json_file or os.path.join(
             tempfile.mkdtemp(prefix="loadtest-"), "result.json")
         config = replace(config, result_file=result_file)
         # Every LOADTEST_* variable is set, so none leaks in from this environment.
@@ -390,12 +481,16 @@ class Command(BaseCommand):
         ]
         if options["steady"]:
             cmd += ["--reset-stats"]
-        if options["csv"]:
-            cmd += ["--csv", options["csv"]]
-        if options["html"]:
-            cmd += ["--html", options["html"]]
+        if csv_prefix:
+            cmd += ["--csv", csv_prefix]
+        if html_file:
+            if os.path.exists(html_file):
+                os.unlink(html_file)  # so that a report found after the run is this run's
+            cmd += ["--html", html_file]
+        scenario = ("the guide's scenario (GuideUser: HTTP only, wait 1-3 s), "
+                    if options["scenario"] == "guide" else "")
         self.stdout.write(
-            f"Load test: {users} users ({ws_users} with a socket) on {url}, "
+            f"Load test: {scenario}{users} users ({ws_users} with a socket) on {url}, "
             f"{where}, spawn {spawn_rate:g}/s, {duration:g} s, socket messages "
             f"{rate:g}/s" + (f" (one per socket every {config.message_interval:.2f} s)"
                              if config.message_interval else "")
@@ -411,6 +506,13 @@ class Command(BaseCommand):
                 f"locust exited with {returncode} and wrote no result; see its output above."
             ) from None
         failed = self.report(result, steady=options['steady'])
+        if html_file:
+            if os.path.exists(html_file):
+                self.stdout.write(f"HTML report (locust's, with its charts over time): "
+                                  f"{html_file}")
+            else:
+                self.stdout.write(self.style.WARNING(
+                    f"locust wrote no HTML report to {html_file}; see its output above."))
         summary = result["summary"]
         correctness = summary["lost"] + summary["duplicated"] + summary["out_of_order"]
         if correctness:
