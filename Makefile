@@ -6,8 +6,14 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WEB_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 PROMETHEUS_MULTIPROC_DIR ?= /tmp/chat-metrics-$(PORT)
+# `make cluster`: the scale-out layout on loopback (docs/SCALING.md), pid files here.
+CLUSTER_DIR ?= $(CURDIR)/.cluster
+# Ports of its own: the scale-out tests use 7101-7107 and 7201-7203.
+CLUSTER_REDIS_PORTS ?= 7111-7116
+CLUSTER_LAYER_PORT ?= 7117
+CLUSTER_PG_PORTS ?= --primary-port 7211 --replica-port 7212 --bouncer-port 7213
 
-.PHONY: venv run serve test bench migrate seed lint clean
+.PHONY: venv run serve test bench migrate seed lint clean cluster cluster-stop
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +59,21 @@ serve: venv
 
 test: venv
 	$(PY) -m pytest
+
+# A PostgreSQL primary + streaming replica behind PgBouncer and a 3+3 Redis
+# Cluster (+ a plain Redis for the channel layer), started by pid under
+# CLUSTER_DIR; no system service is touched. Prints make serve's environment.
+cluster: venv
+	@mkdir -p $(CLUSTER_DIR)
+	@$(PY) -m chatsite.scaleout.postgres up --dir $(CLUSTER_DIR)/postgres $(CLUSTER_PG_PORTS) > $(CLUSTER_DIR)/postgres.env
+	@$(PY) -m chatsite.scaleout.redis_cluster up --dir $(CLUSTER_DIR)/redis --ports $(CLUSTER_REDIS_PORTS) --channel-layer-port $(CLUSTER_LAYER_PORT) > $(CLUSTER_DIR)/redis.env
+	@cat $(CLUSTER_DIR)/postgres.env $(CLUSTER_DIR)/redis.env > $(CLUSTER_DIR)/env
+	@cat $(CLUSTER_DIR)/env
+	@echo "# serve on it: set -a; . $(CLUSTER_DIR)/env; set +a; SECRET_KEY=... make serve"
+
+cluster-stop:
+	-@$(PY) -m chatsite.scaleout.redis_cluster down --dir $(CLUSTER_DIR)/redis --ports $(CLUSTER_REDIS_PORTS) --channel-layer-port $(CLUSTER_LAYER_PORT)
+	-@$(PY) -m chatsite.scaleout.postgres down --dir $(CLUSTER_DIR)/postgres $(CLUSTER_PG_PORTS)
 
 bench: venv
 	$(PY) bench/run_all.py

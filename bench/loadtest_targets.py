@@ -54,8 +54,53 @@ def main():
     parser.add_argument("--metrics", metavar="FILE", default=None,
                         help="save both servers' /metrics after the run to FILE")
     parser.add_argument("--extra", nargs="*", default=[], help="KEY=VALUE server settings")
+    parser.add_argument("--layout", choices=["single", "cluster"], default="single",
+                        help="cluster: a fresh PostgreSQL primary + replica behind PgBouncer "
+                             "and a 3+3 Redis Cluster (make cluster's layout, ports 7121-7127 "
+                             "and 7221-7223), stopped at the end (docs/SCALING.md)")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.extra)
+    stop_layout = None
+    if args.layout == "cluster":
+        layout_env, stop_layout = start_cluster_layout()
+        extra = {**layout_env, **extra}
+        print("layout:", " ".join(f"{k}={v}" for k, v in layout_env.items()), flush=True)
+    try:
+        run(args, extra)
+    finally:
+        if stop_layout is not None:
+            stop_layout()
+
+
+def start_cluster_layout():
+    """make cluster's layout in a temporary directory: (its env, stop)."""
+    import tempfile
+
+    from chatsite.scaleout.postgres import PostgresCluster
+    from chatsite.scaleout.redis_cluster import RedisClusterKit
+
+    base = Path(tempfile.mkdtemp(prefix="chat-bench-layout-"))
+    base.chmod(0o755)  # the PostgreSQL servers run as `postgres` when we are root
+    postgres = PostgresCluster(base / "postgres", primary_port=7221, replica_port=7222,
+                               bouncer_port=7223)
+    redis = RedisClusterKit(base / "redis", range(7121, 7127), channel_layer_port=7127)
+
+    def stop():
+        redis.stop()
+        postgres.down(purge=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+    try:
+        env = dict(postgres.up())
+        redis.start()
+        env.update(redis.env())
+    except BaseException:
+        stop()
+        raise
+    return env, stop
+
+
+def run(args, extra):
     env, close = make_live_env(extra)
     server = sockets = None
     try:

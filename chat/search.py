@@ -5,9 +5,11 @@ from django.db.models import BigIntegerField, ExpressionWrapper, F
 
 from chat.models import Message
 from chat.serializers import MESSAGE_FIELDS
+from chatsite.dbrouter import replica_read
 from projects.models import Membership
 
 
+@replica_read
 def search_messages(user, query, *, project_id=None, before=None, limit=50):
     """Return (hits newest first, has_more), only from the user's projects.
 

@@ -3,14 +3,16 @@
 import functools
 
 import orjson
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connection
+from django.db import connection, connections
 from django.db.models import Q, Subquery
 
 from chat import history_cache
 from chat.models import Mention, Message
 from chat.rendering import current_html
 from chat.serializers import MESSAGE_FIELDS, serialize_messages
+from chatsite.dbrouter import read_alias, replica_read
 from chatsite.pagination import DEFAULT_LIMIT, page_numbered
 from chatsite.rawsql import as_datetime, as_json, as_uuid_text
 from projects.models import Project
@@ -99,7 +101,9 @@ def read_history_page(project_id, *, before=None, after=None, limit=DEFAULT_LIMI
         kind, params, cursor_field = "before", [project_id, before], "seq"
     else:
         kind, params, cursor_field = "recent", [project_id], "seq"
-    with connection.cursor() as cursor:
+    # A replica inside replica_read (build_history_body), else the primary
+    # (warm_first_page after a commit).
+    with connections[read_alias()].cursor() as cursor:
         cursor.execute(_history_sql(kind), [*params, limit + 1])
         rows = cursor.fetchall()
     has_more = len(rows) > limit
@@ -109,6 +113,7 @@ def read_history_page(project_id, *, before=None, after=None, limit=DEFAULT_LIMI
     return body, (rows[0][-1] if rows else None)
 
 
+@replica_read
 def build_history_body(project_id, *, before=None, after=None, limit=DEFAULT_LIMIT):
     """The encoded cursor-history JSON, from one precompiled query."""
     return read_history_page(project_id, before=before, after=after, limit=limit)[0]
@@ -123,6 +128,7 @@ def get_changes_after(project_id, *, after, limit=200, upto=None):
     return rows[:limit], len(rows) > limit
 
 
+@replica_read
 def get_message_page(project_id, *, page, per_page):
     """Return (messages newest first, total) for a page-numbered listing."""
     total = Message.objects.filter(project_id=project_id).count()
@@ -225,3 +231,184 @@ def _read_with_access(user, project_id, build, *, slot, name):
         slot, project_id, build, name=name, extra_keys=[akey],
         check=lambda found: access_project_cached(user, project_id, cached=found[akey]),
     )
+
+
+# --- all messages: the caller's newest messages across their projects ------------------
+
+
+@functools.cache
+def _all_messages_sql():
+    """SQL of one page of a user's newest messages across their active projects.
+
+    Newest first by (created_at, id); each row as _history_sql's, its last
+    column the total (messages in the user's active projects: an uncorrelated
+    subquery, evaluated once). The page is picked by id first and the rows are
+    read after, so only the page's rows are joined to their authors. On
+    PostgreSQL each project gives at most page x per_page candidates, read
+    backwards on idx_message_project_created (a LATERAL join): a page costs
+    an index range per project, never a sort of every message. SQLite (the
+    embedded default) has no LATERAL and sorts the join.
+    """
+    from projects.models import Membership
+
+    qn = connection.ops.quote_name
+    message, user = qn(Message._meta.db_table), qn(get_user_model()._meta.db_table)
+    project, membership = qn(Project._meta.db_table), qn(Membership._meta.db_table)
+    if connection.vendor == "postgresql":
+        candidates = (
+            f"SELECT t.id, t.created_at FROM {membership} ms"
+            f" INNER JOIN {project} p ON p.id = ms.project_id"
+            " CROSS JOIN LATERAL (SELECT x.id, x.created_at"
+            f"   FROM {message} x WHERE x.project_id = ms.project_id"
+            "   ORDER BY x.created_at DESC, x.id DESC LIMIT %(depth)s) t"
+            " WHERE ms.user_id = %(user)s AND p.is_active"
+            " ORDER BY t.created_at DESC, t.id DESC"
+        )
+    else:
+        candidates = (
+            f"SELECT x.id, x.created_at FROM {message} x"
+            f" INNER JOIN {membership} ms ON ms.project_id = x.project_id"
+            f" INNER JOIN {project} p ON p.id = x.project_id"
+            " WHERE ms.user_id = %(user)s AND p.is_active"
+            " ORDER BY x.created_at DESC, x.id DESC"
+        )
+    return (
+        "SELECT m.id, m.project_id, m.seq, m.changed_seq, m.author_id, u.username,"
+        " m.content, m.content_html, m.render_version, m.reaction_summary,"
+        " m.attachment_summary, m.created_at, m.edited_at, m.deleted_at, m.client_msg_id,"
+        f" ({_user_message_count_sql()})"
+        f" FROM ({candidates} LIMIT %(limit)s OFFSET %(offset)s) top"
+        f" INNER JOIN {message} m ON m.id = top.id"
+        f" INNER JOIN {user} u ON u.id = m.author_id"
+        " ORDER BY top.created_at DESC, top.id DESC"
+    )
+
+
+def _user_message_count_sql():
+    """SQL counting the messages (tombstones too) in a user's active projects."""
+    from projects.models import Membership
+
+    qn = connection.ops.quote_name
+    message, project = qn(Message._meta.db_table), qn(Project._meta.db_table)
+    membership = qn(Membership._meta.db_table)
+    return (
+        f"SELECT COUNT(*) FROM {message} c"
+        f" INNER JOIN {membership} cm ON cm.project_id = c.project_id"
+        f" INNER JOIN {project} cp ON cp.id = cm.project_id"
+        " WHERE cm.user_id = %(user)s AND cp.is_active"
+    )
+
+
+@replica_read
+def build_all_messages_body(user_id, *, page, per_page):
+    """The encoded page-numbered JSON of a user's newest messages across their
+    active projects: one query (a page past the end adds a COUNT for `total`)."""
+    offset = (page - 1) * per_page
+    params = {"user": user_id, "depth": offset + per_page, "limit": per_page,
+              "offset": offset}
+    # A replica when one is fresh, as the other history reads (chatsite.dbrouter).
+    with connections[read_alias()].cursor() as cursor:
+        cursor.execute(_all_messages_sql(), params)
+        rows = cursor.fetchall()
+        if rows:
+            total = rows[0][-1]
+        elif page > 1:
+            cursor.execute(_user_message_count_sql(), {"user": user_id})
+            total = cursor.fetchone()[0]
+        else:
+            total = 0
+    items = [_serialize_row(row) for row in rows]
+    return orjson.dumps(page_numbered(items, total, page, per_page))
+
+
+# Per process: user id -> the projects of the user's last all-messages entry,
+# so that the next read fetches their versions in its first round trip.
+_all_messages_listed = {}
+_ALL_MESSAGES_LISTED_MAX = 50000
+
+
+def get_user_project_ids(user_id, user_version):
+    """The ids of a user's active projects, cached under the user's version.
+
+    The same entry projects.selectors.ProjectListRead reads (key and value):
+    every membership change bumps the user's version, so it never outlives one.
+    """
+    from chatsite.cache import get_or_build, make_key
+    from projects.models import Membership
+
+    return get_or_build(
+        make_key("umem", user_id, user_version),
+        lambda: list(
+            Membership.objects.filter(user_id=user_id, project__is_active=True)
+            .order_by("project_id").values_list("project_id", flat=True)
+        ),
+        name="memberships",
+    )
+
+
+def get_all_messages_body(user, *, page, per_page):
+    """Return the encoded page-numbered JSON of the caller's newest messages across
+    all their active projects (GET /api/messages without project_id).
+
+    Cached like the project list (projects.selectors.ProjectListRead), for the
+    first page at the default per_page only (history_cache.is_cached_message_page):
+    the entry `(user version, {project id: version}, body)` carries the user's
+    version -- bumped by every membership change and project deactivation, so
+    a project the user lost leaves at once -- and the versions of the projects
+    it was built from, read *before* the body was built and bumped after every
+    send, edit, delete and reaction in them. One cache round trip fetches the
+    user's version, the entry and the versions of the projects this process
+    saw last for the user; a hit needs nothing more and no query. A miss
+    builds in one query (build_all_messages_body), plus one for the
+    membership ids after a membership change. While this process owes any of
+    those versions a bump (chatsite.cache.bump_version), it builds from the
+    database.
+    """
+    from chatsite.cache import (
+        CACHE_LOOKUPS,
+        get_versions,
+        is_bump_owed,
+        make_key,
+        safe_get_many,
+        safe_set,
+        version_key,
+    )
+
+    def build():
+        return build_all_messages_body(user.pk, page=page, per_page=per_page)
+
+    if not settings.CACHE_HOT_READS or not history_cache.is_cached_message_page(page, per_page):
+        return build()
+    known = _all_messages_listed.get(user.pk, ())
+    key = make_key("allmsg", user.pk, page, per_page)
+    keys = [version_key("user", user.pk), key, *(version_key("project", pid) for pid in known)]
+    found = safe_get_many(keys)
+    user_version, entry = found.get(keys[0]), found.get(key)
+    known_versions = [found.get(k) for k in keys[2:]]
+    if user_version is None:
+        user_version = get_versions("user", [user.pk])[user.pk]
+    if not (isinstance(entry, tuple) and len(entry) == 3):
+        entry = None  # missing, or of a shape this code does not know: rebuilt
+    if entry is not None and entry[0] == user_version:
+        # The entry's projects are the user's under this version.
+        ids = tuple(entry[1])
+        if ids == known and None not in known_versions:
+            versions = dict(zip(ids, known_versions))
+        else:
+            versions = get_versions("project", list(ids))
+    else:
+        ids = tuple(get_user_project_ids(user.pk, user_version))
+        versions = get_versions("project", list(ids)) if ids else {}
+    if ids != known:
+        if len(_all_messages_listed) >= _ALL_MESSAGES_LISTED_MAX:
+            _all_messages_listed.clear()
+        _all_messages_listed[user.pk] = ids
+    if is_bump_owed("user", user.pk) or any(is_bump_owed("project", pid) for pid in ids):
+        return build()
+    if entry is not None and entry[0] == user_version and entry[1] == versions:
+        CACHE_LOOKUPS.labels("all_messages", "hit").inc()
+        return entry[2]
+    CACHE_LOOKUPS.labels("all_messages", "miss").inc()
+    body = build()
+    safe_set(key, (user_version, versions, body))
+    return body

@@ -21,7 +21,18 @@ def readyz(request):
             cursor.execute("SELECT 1")
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         failing["database"] = str(exc)[:200]
-    if settings.REDIS_URL:
+    if settings.REDIS_URL and getattr(settings, "REDIS_CLUSTER", False):
+        try:
+            # Any node of the cluster answering: one shard failing over (its
+            # keys degrade to the database meanwhile) must not make every app
+            # server unready at once.
+            from django_redis import get_redis_connection
+            from redis.cluster import RedisCluster
+
+            get_redis_connection("default").ping(target_nodes=RedisCluster.RANDOM)
+        except Exception as exc:  # noqa: BLE001
+            failing["redis"] = str(exc)[:200]
+    elif settings.REDIS_URL:
         try:
             import redis
 

@@ -18,6 +18,13 @@ class ChatsiteConfig(AppConfig):
         from chatsite.metrics import mark_this_process_dead
 
         connection_created.connect(install_query_observer, dispatch_uid="chatsite.db")
+        from django.conf import settings
+
+        if settings.DATABASE_REPLICA_URLS:
+            # Writes on the primary raise the replicas' read fence (chatsite/dbrouter.py).
+            from chatsite.dbrouter import install_write_observer
+
+            connection_created.connect(install_write_observer, dispatch_uid="chatsite.dbrouter")
         request_started.connect(unbind_request_id, dispatch_uid="chatsite.unbind_started")
         request_finished.connect(unbind_request_id, dispatch_uid="chatsite.unbind_finished")
         # django-prometheus's model counters, fed by signals instead of its

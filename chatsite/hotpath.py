@@ -404,14 +404,18 @@ class HotReads:
 
 def fetch(pairs):
     """[(alias, key)] -> [value or None], in one Redis round trip when the aliases
-    share one Redis server (production shape), else one get_many per alias."""
+    share one Redis server (production shape), else one get_many per alias. On a
+    Redis Cluster the keys span hash slots: one MGET per slot, sent to every
+    shard at once (chatsite.scaleout.redis_client.multi_get)."""
     aliases = {alias for alias, _ in pairs}
     try:
         if all(_is_redis(a) for a in aliases) and len({_location(a) for a in aliases}) == 1:
             from django_redis import get_redis_connection
 
-            raw = get_redis_connection(pairs[0][0]).mget(
-                [caches[alias].make_key(key) for alias, key in pairs])
+            from chatsite.scaleout.redis_client import multi_get
+
+            raw = multi_get(get_redis_connection(pairs[0][0]),
+                            [caches[alias].make_key(key) for alias, key in pairs])
             return [None if value is None else caches[alias].client.decode(value)
                     for (alias, _), value in zip(pairs, raw)]
         found = {a: caches[a].get_many([k for alias, k in pairs if alias == a])

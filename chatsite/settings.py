@@ -135,7 +135,19 @@ DB_CONNECT_TIMEOUT = env("DB_CONNECT_TIMEOUT", 5, int)
 # statement a connection has run five times, so PostgreSQL stops planning it on
 # every call (the project list's statement spent longer in the planner than
 # running: docs/PERFORMANCE.md). Off behind a pooler in transaction mode.
-DB_PREPARED_STATEMENTS = env("DB_PREPARED_STATEMENTS", True, bool)
+# DB_POOLER=pgbouncer: DATABASE_URL is PgBouncer in transaction mode. Debian's
+# PgBouncer 1.18 cannot carry psycopg's prepared statements ("prepared statement
+# ... already exists" once a server connection serves two clients), so they
+# default off and turning them on is refused; server-side cursors are off too
+# (a cursor lives in a server connection only for its transaction).
+DB_POOLER = env("DB_POOLER", "").lower()
+if DB_POOLER not in ("", "pgbouncer"):
+    raise ImproperlyConfigured("DB_POOLER must be empty or pgbouncer.")
+DB_PREPARED_STATEMENTS = env("DB_PREPARED_STATEMENTS", DB_POOLER != "pgbouncer", bool)
+if DB_POOLER == "pgbouncer" and DB_PREPARED_STATEMENTS:
+    raise ImproperlyConfigured(
+        "DB_PREPARED_STATEMENTS=true cannot work behind PgBouncer in transaction mode "
+        "(DB_POOLER=pgbouncer): set DB_PREPARED_STATEMENTS=false.")
 
 # conn_health_checks also makes the pool check a connection before lending it
 # (the guide's pool_pre_ping).
@@ -166,9 +178,37 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
             "max_lifetime": DB_POOL_RECYCLE,
         }
     _db["TEST"] = {"NAME": env("TEST_DATABASE_NAME", "test_chat")}
+    _db["DISABLE_SERVER_SIDE_CURSORS"] = bool(DB_POOLER)
 else:
     _db["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
 DATABASES = {"default": _db}
+# Streaming replicas for the reads that tolerate them (chatsite/dbrouter.py;
+# docs/SCALING.md, "PostgreSQL replicas and PgBouncer"): aliases replica1..N,
+# the primary's options with a short pool wait (REPLICA_CONNECT_TIMEOUT seconds;
+# connect_timeout its whole seconds, at least 1), so a replica that goes down
+# costs one read that wait, then is skipped for REPLICA_RETRY_SECONDS. Empty:
+# no router, every read on DATABASE_URL.
+DATABASE_REPLICA_URLS = env("DATABASE_REPLICA_URLS", [], list)
+REPLICA_MAX_LAG_MS = env("REPLICA_MAX_LAG_MS", 500, int)
+REPLICA_RETRY_SECONDS = env("REPLICA_RETRY_SECONDS", 5.0, float)
+REPLICA_CONNECT_TIMEOUT = env("REPLICA_CONNECT_TIMEOUT", 0.5, float)
+if DATABASE_REPLICA_URLS:
+    if _db["ENGINE"] != "django.db.backends.postgresql":
+        raise ImproperlyConfigured("DATABASE_REPLICA_URLS needs a PostgreSQL DATABASE_URL.")
+    for _number, _url in enumerate(DATABASE_REPLICA_URLS, 1):
+        _replica = dj_database_url.parse(_url, conn_max_age=0, conn_health_checks=True)
+        _replica.setdefault("OPTIONS", {})
+        for _name, _value in _db["OPTIONS"].items():
+            _replica["OPTIONS"].setdefault(_name, _value)
+        _replica["OPTIONS"]["connect_timeout"] = max(1, round(REPLICA_CONNECT_TIMEOUT))
+        if "pool" in _db["OPTIONS"]:
+            _replica["OPTIONS"]["pool"] = dict(_db["OPTIONS"]["pool"],
+                                               timeout=REPLICA_CONNECT_TIMEOUT)
+        _replica["DISABLE_SERVER_SIDE_CURSORS"] = _db["DISABLE_SERVER_SIDE_CURSORS"]
+        # Tests: the alias is the test database's own connection.
+        _replica["TEST"] = {"MIRROR": "default"}
+        DATABASES[f"replica{_number}"] = _replica
+    DATABASE_ROUTERS = ["chatsite.dbrouter.ReplicaRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = ["accounts.backends.CachedModelBackend"]
@@ -191,6 +231,15 @@ GC_THRESHOLD = ([] if _gc_threshold.strip().lower() == "off"
                 else [int(x) for x in _gc_threshold.split(",")])
 # Deployments sharing one Redis database keep their keys apart with a prefix.
 CACHE_KEY_PREFIX = env("CACHE_KEY_PREFIX", "")
+# REDIS_URL=redis+cluster://host:port[,host:port…]: cache and sessions on a Redis
+# Cluster through django-redis's client on redis-py's RedisCluster (reads of
+# several keys go one MGET per hash slot: chatsite/scaleout/redis_client.py),
+# the bus on sharded pub/sub (chat/realtime/cluster_bus.py); docs/SCALING.md.
+REDIS_CLUSTER = bool(REDIS_URL) and REDIS_URL.startswith(("redis+cluster://",
+                                                          "rediss+cluster://"))
+_REDIS_CLIENT = ({"CLIENT_CLASS": "chatsite.scaleout.redis_client.ClusterClient",
+                  "CONNECTION_FACTORY": "chatsite.scaleout.redis_client.ClusterConnectionFactory"}
+                 if REDIS_CLUSTER else {"CLIENT_CLASS": "django_redis.client.DefaultClient"})
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -199,7 +248,7 @@ if REDIS_URL:
             "TIMEOUT": CACHE_TTL,
             "KEY_PREFIX": CACHE_KEY_PREFIX,
             "OPTIONS": {
-                "CLIENT_CLASS": "django_redis.client.DefaultClient",
+                **_REDIS_CLIENT,
                 "SOCKET_CONNECT_TIMEOUT": 1,
                 "SOCKET_TIMEOUT": 1,
             },
@@ -211,7 +260,7 @@ if REDIS_URL:
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": CACHE_KEY_PREFIX,
             "OPTIONS": {
-                "CLIENT_CLASS": "django_redis.client.DefaultClient",
+                **_REDIS_CLIENT,
                 "SOCKET_CONNECT_TIMEOUT": 1,
                 "SOCKET_TIMEOUT": 1,
                 "IGNORE_EXCEPTIONS": True,
@@ -256,13 +305,24 @@ BUS_PREFIX = env("BUS_PREFIX", f"chat:{DATABASES['default'].get('NAME', 'db')}")
 # began or ended) travel on Channels' layer, one group per user
 # (chat.realtime.me); a project's changes keep their hub. channels-redis in
 # production shape, the process's memory on the embedded default.
+# channels-redis has no Redis Cluster client (it shards over a list of hosts
+# itself): CHANNEL_REDIS_URLS, standalone Redis servers (comma separated), by
+# default REDIS_URL; required when REDIS_URL is a cluster.
+CHANNEL_REDIS_URLS = env("CHANNEL_REDIS_URLS", [], list) or (
+    [REDIS_URL] if REDIS_URL and not REDIS_CLUSTER else [])
+if REDIS_CLUSTER and not CHANNEL_REDIS_URLS:
+    raise ImproperlyConfigured(
+        "REDIS_URL is a Redis Cluster: set CHANNEL_REDIS_URLS to one or more standalone "
+        "Redis servers (redis://host:port/db, comma separated) for the channel layer; "
+        "channels-redis cannot use a cluster (docs/SCALING.md, \"Redis Cluster\").")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # No read timeout: channels-redis waits on BRPOP for 5 s, and redis-py
             # 8's default 5 s socket timeout would kill an idle /ws/me/ consumer.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+            "CONFIG": {"hosts": [{"address": url, "socket_timeout": None}
+                                 for url in CHANNEL_REDIS_URLS],
                        "prefix": f"{BUS_PREFIX}:layer"},
         }
     }

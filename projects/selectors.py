@@ -4,10 +4,11 @@ import functools
 
 import orjson
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from django.db.models import Q
 
 from chat.models import Mention, Message
+from chatsite.dbrouter import read_alias, replica_read
 from chatsite.pagination import page_numbered
 from chatsite.rawsql import as_datetime
 from projects.models import Membership, Project
@@ -54,6 +55,7 @@ def _project_page_sql():
     )
 
 
+@replica_read
 def get_user_project_page(user, *, offset=0, limit=50):
     """Return (projects, total): the user's active projects, by name, in one query.
 
@@ -63,7 +65,7 @@ def get_user_project_page(user, *, offset=0, limit=50):
     (unread messages mentioning the user). A direct message's `name` is its
     other members' names (projects.dms); `kind` tells the two apart.
     """
-    with connection.cursor() as cursor:
+    with connections[read_alias()].cursor() as cursor:
         cursor.execute(_project_page_sql(),
                        [user.pk, user.pk, user.pk, user.pk, limit, offset])
         rows = cursor.fetchall()

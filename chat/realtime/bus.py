@@ -2,7 +2,9 @@
 
 Production shape: Redis pub/sub, one subscription per event loop and project,
 read by one connection per loop (``_Subscriber``), plus the process-wide
-access channel. Embedded default: the process's own hubs (``LocalBus``).
+access channel. On a Redis Cluster (REDIS_URL=redis+cluster://…): sharded
+pub/sub, chat/realtime/cluster_bus.py. Embedded default: the process's own
+hubs (``LocalBus``).
 """
 
 import asyncio
@@ -272,7 +274,13 @@ def get_bus():
         with _bus_lock:
             if _bus is None:
                 redis_url = getattr(settings, "REDIS_URL", None)
-                _bus = RedisBus(redis_url) if redis_url else LocalBus()
+                if redis_url and getattr(settings, "REDIS_CLUSTER", False):
+                    # Sharded pub/sub on a Redis Cluster (docs/SCALING.md).
+                    from chat.realtime.cluster_bus import ClusterBus
+
+                    _bus = ClusterBus(redis_url)
+                else:
+                    _bus = RedisBus(redis_url) if redis_url else LocalBus()
     return _bus
 
 
