@@ -1,8 +1,9 @@
 """The hot reads, served before Django's request stack: a project's first history
-page and the caller's project list.
+page (in both shapes: the cursor history and the guide's page-numbered one) and
+the caller's project list.
 
 Every open chat polls or reloads its first history page and its project list
-(with the unread counts), so these two reads get a path of their own at the WSGI
+(with the unread counts), so these reads get a path of their own at the WSGI
 level (docs/PERFORMANCE.md, "The hot path"): one cache round trip fetches the
 session (and the user, if this process has not kept it) together with what the
 read needs.
@@ -10,7 +11,14 @@ read needs.
 - First history page: the project's version, the cached body (a
   chat.history_cache.CachedPage) and the caller's access entry; when everything
   is there and valid the cached body is answered as it is. A stale or missing
-  body (or one of a shape from before a deploy) is declined.
+  body (or one of a shape from before a deploy) is declined. Two shapes, one
+  code path (cached_page), each from its own slot: the cursor history
+  (`/api/projects/N/messages`, no query or `limit=<default>`: history_slot) and
+  the guide's page-numbered history (`/api/messages?project_id=N`, with at most
+  `page=1` and `per_page=<default>`: message_page_slot, whose body carries the
+  project's `total`; every send, edit and delete bumps the version it is tagged
+  with, so a stale `total` is declined, never served). Other pages and sizes,
+  and `/api/messages` without project_id (the all-messages view), are Django's.
 - Project list: projects.selectors.ProjectListRead's keys; a current entry is
   answered as it is, else the list is read from the database (one query, the
   Django path's own) and stored, here: under writes the list is retired by
@@ -59,8 +67,17 @@ HOT_PATH = Counter(
 
 PATH = re.compile(r"/api/projects/([1-9][0-9]{0,17})/messages")
 LIST_PATH = "/api/projects"
+MESSAGE_PAGE_PATH = "/api/messages"
 QUERY = re.compile(r"(?:limit=([1-9][0-9]{0,2}))?")
 LIST_QUERY_PART = re.compile(r"(page|per_page)=([1-9][0-9]{0,8})")
+MESSAGE_PAGE_QUERY_PART = re.compile(r"(project_id|page|per_page)=([1-9][0-9]{0,17})")
+# The metrics a served route counts in: the Django route it stands for, and its
+# cache-hit label (chat.selectors names the same lookups; None: counted by the read).
+ROUTE_METRICS = {
+    "history": ("/api/projects/1/messages", "history"),
+    "message_page": (MESSAGE_PAGE_PATH, "message_page"),
+    "project_list": (LIST_PATH, None),
+}
 SESSION_KEY_CHARS = re.compile(r"[a-z0-9]{8,64}")
 _MAP_MAX = 50000
 _COMPRESSED_MAX = 256
@@ -89,6 +106,8 @@ class HotReads:
         path = environ.get("PATH_INFO", "")
         if path == LIST_PATH:
             route, args = self.project_list, ()
+        elif path == MESSAGE_PAGE_PATH:
+            route, args = self.message_page, ()
         else:
             match = PATH.fullmatch(path)
             if match is None:
@@ -119,19 +138,42 @@ class HotReads:
         limit = int(query.group(1) or DEFAULT_LIMIT)
         if limit > MAX_LIMIT:
             raise Declined("query")
-        secure = self.validate_request(environ)
-        session_key, user_id = self.session_user(environ)
+        from chat.history_cache import history_slot
 
-        from chat.history_cache import current_page, history_slot
-        from chatsite.cache import version_key
+        return self.cached_page(environ, project_id,
+                                history_slot(project_id, None, None, limit))
+
+    def message_page(self, environ):
+        """The guide's page-numbered first page, `/api/messages?project_id=N`: in the
+        forms whose body is the cached slot (chat.selectors.get_message_page_body)."""
+        from chat.history_cache import is_cached_message_page, message_page_slot
+
+        found = self.query_numbers(environ.get("QUERY_STRING", ""), MESSAGE_PAGE_QUERY_PART)
+        project_id = found.get("project_id")
+        page = found.get("page", 1)
+        per_page = min(found.get("per_page", DEFAULT_PER_PAGE), MAX_PER_PAGE)
+        if project_id is None or not is_cached_message_page(page, per_page):
+            raise Declined("query")  # all messages, another page or size: Django's
+        return self.cached_page(environ, project_id,
+                                message_page_slot(project_id, page, per_page))
+
+    def cached_page(self, environ, project_id, slot):
+        """A project's cached page in `slot`, answered when the project's version,
+        the slot and the caller's access entry (one round trip with the session)
+        say it is current and the caller a member; else declined."""
+        from chat.history_cache import current_page
+        from chatsite.cache import is_bump_owed, version_key
         from projects.access import access_key
 
-        slot = history_slot(project_id, None, None, limit)
+        secure = self.validate_request(environ)
+        session_key, user_id = self.session_user(environ)
         _user, (version, entry, role) = self.fetch_with_session(
             session_key, user_id, [version_key("project", project_id), slot,
                                    access_key(user_id, project_id)])
         if not isinstance(role, str) or role.startswith("!"):
             raise Declined("access")
+        if is_bump_owed("project", project_id):
+            raise Declined("owed")  # the cached version may be behind: Django reads
         page = None if version is None else current_page(entry, version)
         if page is None:
             raise Declined("stale")
@@ -167,14 +209,20 @@ class HotReads:
     def list_query(self, query):
         """page and per_page as projects.api.page_params reads them, in their plain
         form (anything else is Django's to answer)."""
+        found = self.query_numbers(query, LIST_QUERY_PART)
+        return (found.get("page", 1),
+                min(found.get("per_page", DEFAULT_PER_PAGE), MAX_PER_PAGE))
+
+    def query_numbers(self, query, part):
+        """{name: number} of a query made only of `part`s (a name and a plain
+        positive number), each name at most once; anything else is declined."""
         found = {}
-        for part in query.split("&") if query else ():
-            match = LIST_QUERY_PART.fullmatch(part)
+        for piece in query.split("&") if query else ():
+            match = part.fullmatch(piece)
             if match is None or match.group(1) in found:
                 raise Declined("query")
             found[match.group(1)] = int(match.group(2))
-        return (found.get("page", 1),
-                min(found.get("per_page", DEFAULT_PER_PAGE), MAX_PER_PAGE))
+        return found
 
     # --- the caller ------------------------------------------------------------------
 
@@ -390,9 +438,9 @@ class HotReads:
         if children is None:
             from django.urls import resolve
 
-            path = {"history": "/api/projects/1/messages", "project_list": LIST_PATH}[route]
+            path, hit_label = ROUTE_METRICS[route]
             endpoint = metrics.readable_route(resolve(path).route)
-            hit = CACHE_LOOKUPS.labels("history", "hit") if route == "history" else None
+            hit = None if hit_label is None else CACHE_LOOKUPS.labels(hit_label, "hit")
             children = self._children[(route, status)] = (
                 HOT_PATH.labels("served"),
                 hit,  # the project list counts its own hits and misses

@@ -33,10 +33,10 @@ def _pg_admin_url(url):
     return urlunparse(parts._replace(path="/postgres"))
 
 
-def make_live_env(extra=None):
-    """Return (env, cleanup) for live server processes with a database of their own."""
+def live_base_env():
+    """This process's environment as a live server's: plain-http cookies on
+    loopback, a fast hasher, quiet logs, no metrics port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
     env.update({
         "DJANGO_SETTINGS_MODULE": "chatsite.settings",
         "SESSION_COOKIE_SECURE": "false",
@@ -47,6 +47,12 @@ def make_live_env(extra=None):
         "METRICS_PORT": "0",
         "SECRET_KEY": os.environ.get("SECRET_KEY") or "live-test-secret-" + "k" * 40,
     })
+    return env
+
+
+def make_live_env(extra=None):
+    """Return (env, cleanup) for live server processes with a database of their own."""
+    env = live_base_env()
     cleanup = []
     database_url = os.environ.get("DATABASE_URL", "")
     if database_url.startswith("postgres"):

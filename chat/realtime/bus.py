@@ -165,7 +165,22 @@ class RedisBus:
         await self._subscriber(hub.loop).unsubscribe(hub.project_id)
 
 
-class _Subscriber:
+class ChannelSubscriber:
+    """What every loop's subscriber shares: a hub's channel is left unless a new
+    hub of the project took it over, in turn with the other calls (`lock`)."""
+
+    async def unsubscribe(self, project_id):
+        channel = bus_channel(project_id)
+        async with self.lock:
+            from chat.realtime.hub import get_registry
+
+            if project_id in get_registry().hubs:
+                return  # a new hub of the project took over the subscription
+            self.channels.discard(channel)
+            await self._leave(channel)
+
+
+class _Subscriber(ChannelSubscriber):
     """One pub/sub connection per event loop, reading for every hub of the loop.
 
     Subscribes and unsubscribes take turns (a lock): redis-py's PubSub opens
@@ -206,18 +221,11 @@ class _Subscriber:
                 if self.reader is None or self.reader.done():
                     self.reader = asyncio.get_running_loop().create_task(self._read())
 
-    async def unsubscribe(self, project_id):
-        channel = bus_channel(project_id)
-        async with self.lock:
-            from chat.realtime.hub import get_registry
-
-            if project_id in get_registry().hubs:
-                return  # a new hub of the project took over the subscription
-            self.channels.discard(channel)
-            try:
-                await self.pubsub.unsubscribe(channel)
-            except Exception:  # noqa: BLE001 - a dead connection has no subscription
-                logger.info("event=unsubscribe_failed channel=%s", channel)
+    async def _leave(self, channel):
+        try:
+            await self.pubsub.unsubscribe(channel)
+        except Exception:  # noqa: BLE001 - a dead connection has no subscription
+            logger.info("event=unsubscribe_failed channel=%s", channel)
 
     async def _read(self):
         from chat.realtime.hub import get_registry

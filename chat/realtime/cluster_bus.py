@@ -33,7 +33,7 @@ import weakref
 from redis.exceptions import ResponseError
 
 from chat import metrics
-from chat.realtime.bus import RedisBus, access_channel, bus_channel
+from chat.realtime.bus import ChannelSubscriber, RedisBus, access_channel, bus_channel
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class _NodeReader:
                 pass
 
 
-class ShardedSubscriber:
+class ShardedSubscriber(ChannelSubscriber):
     """One event loop's sharded subscriptions, read by one task per master.
 
     Subscribes, unsubscribes and resubscriptions take turns (a lock), as in
@@ -159,16 +159,6 @@ class ShardedSubscriber:
                     # Not fatal: the hub starts, and the recovery subscribes
                     # the channel once its shard answers, then catches up.
                     self._schedule_recovery()
-
-    async def unsubscribe(self, project_id):
-        channel = bus_channel(project_id)
-        async with self.lock:
-            from chat.realtime.hub import get_registry
-
-            if project_id in get_registry().hubs:
-                return  # a new hub of the project took over the subscription
-            self.channels.discard(channel)
-            await self._leave(channel)
 
     async def close(self):
         """Drop every subscription and connection (tests; a loop that ends)."""

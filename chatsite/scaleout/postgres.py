@@ -113,6 +113,15 @@ def free_port():
         return s.getsockname()[1]
 
 
+def _live_pid(pid_file):
+    """The pid on a pid file's first line when that process runs, else None."""
+    try:
+        pid = int(pid_file.read_text().split("\n", 1)[0].strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
 def _pid_alive(pid):
     try:
         os.kill(pid, 0)
@@ -179,11 +188,7 @@ class PostgresServer:
     @property
     def pid(self):
         """The postmaster's pid from its pid file, or None when it is not running."""
-        try:
-            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-        except (OSError, ValueError):
-            return None
-        return pid if _pid_alive(pid) else None
+        return _live_pid(self.data_dir / "postmaster.pid")
 
     @property
     def running(self):
@@ -303,11 +308,7 @@ class Bouncer:
 
     @property
     def pid(self):
-        try:
-            pid = int(self.pidfile.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if _pid_alive(pid) else None
+        return _live_pid(self.pidfile)
 
     @property
     def running(self):

@@ -294,6 +294,170 @@ def test_ssl_redirect_is_left_to_django(warm, project, settings):
     assert served() == before
 
 
+# --- the guide's page-numbered history: /api/messages?project_id= ------------------------
+
+
+MESSAGE_PAGE = "/api/messages"
+
+
+def page_answer(app, client, query, headers=None):
+    status, headers, body = call(app, environ(MESSAGE_PAGE, client, query=query,
+                                              headers=headers))
+    headers.pop("X-Request-ID", None)
+    return status, headers, body
+
+
+@pytest.fixture
+def warm_page(warm, project):
+    """`warm`, with the project's page-numbered first page cached too."""
+    assert warm.get(f"{MESSAGE_PAGE}?project_id={project.pk}").status_code == 200
+    return warm
+
+
+def test_page_numbered_first_page_is_served_with_no_query_and_djangos_answer(
+        apps, warm_page, project, django_assert_num_queries):
+    hot, plain = apps
+    query = f"project_id={project.pk}"
+    labels = {"method": "GET", "endpoint": MESSAGE_PAGE, "status": "200"}
+    hits = {"name": "message_page", "result": "hit"}
+    before = served()
+    counted = REGISTRY.get_sample_value("http_requests_total", labels) or 0
+    hit = REGISTRY.get_sample_value("chat_cache_lookups_total", hits) or 0
+    with django_assert_num_queries(0):
+        answer = page_answer(hot, warm_page, query)
+    assert served() == before + 1
+    # Counted as Django counts this route: the request, and the cache hit.
+    assert REGISTRY.get_sample_value("http_requests_total", labels) == counted + 1
+    assert REGISTRY.get_sample_value("chat_cache_lookups_total", hits) == hit + 1
+    assert answer == page_answer(plain, warm_page, query)
+    page = orjson.loads(answer[2])
+    assert [m["content"] for m in page["items"]] == ["hello 2", "hello 1", "hello 0"]
+    assert {k: page[k] for k in ("total", "page", "per_page", "has_next", "has_prev")} == {
+        "total": 3, "page": 1, "per_page": 50, "has_next": False, "has_prev": False}
+
+
+def test_page_numbered_forms_of_the_cached_slot_are_served_the_rest_go_to_django(
+        apps, warm_page, project, member, send):
+    hot, plain = apps
+    pid = project.pk
+    # The query forms whose body is the cached slot: page 1 at the default size.
+    for query in (f"project_id={pid}", f"project_id={pid}&page=1",
+                  f"per_page=50&project_id={pid}", f"page=1&per_page=50&project_id={pid}"):
+        before = served()
+        answer = page_answer(hot, warm_page, query)
+        assert served() == before + 1, query
+        assert answer == page_answer(plain, warm_page, query), query
+    # Everything else is Django's, which answers as it always does: the
+    # all-messages view (no project_id), other pages and sizes, bad values,
+    # repeated or extra parameters, numbers not in their plain form.
+    send(member, project, 1, prefix="another")  # the all-messages view is cached per user
+    for query in ("", "page=1&per_page=50", "project_id=", f"project_id={pid}&page=2",
+                  f"project_id={pid}&per_page=2", f"project_id={pid}&per_page=500",
+                  f"project_id={pid}&per_page=100", "project_id=0", "project_id=x",
+                  f"project_id={pid}&project_id={pid}", f"project_id={pid}&",
+                  f"project_id={pid}&sort=seq", f"project_id=0{pid}",
+                  f"project_id={pid}&page=01", f"project_id={pid}&page=0",
+                  f"project_id={pid}&per_page=50.0", "project_id=1" + "0" * 18):
+        before = served()
+        answer = page_answer(hot, warm_page, query)
+        assert served() == before, query  # Django answered
+        assert answer == page_answer(plain, warm_page, query), query
+    assert page_answer(hot, warm_page, "project_id=x")[0] == 400
+    assert page_answer(hot, warm_page, f"project_id={pid}&page=0")[0] == 400
+    assert orjson.loads(page_answer(hot, warm_page, "")[2])["total"] == 4  # all messages
+    assert [m["seq"] for m in orjson.loads(
+        page_answer(hot, warm_page, f"project_id={pid}&per_page=2")[2])["items"]] == [4, 3]
+
+
+def test_page_numbered_refusals_are_djangos(apps, warm_page, project, owner, outsider):
+    from projects.actions import do_create_project
+
+    hot, plain = apps
+    query = f"project_id={project.pk}"
+    before = served()
+    status, _, body = page_answer(hot, None, query)
+    assert status == 401 and orjson.loads(body)["error"]["code"] == "not_authenticated"
+    stranger = login_client(outsider)
+    hidden = do_create_project(owner, name="Hidden", is_private=True)
+    for target, code in ((project.pk, 403), (hidden.pk, 404), (10**9, 404)):
+        # The second time the access entry is cached: still Django's refusal.
+        for _ in range(2):
+            answer = page_answer(hot, stranger, f"project_id={target}")
+            assert answer[0] == code, target
+            assert answer == page_answer(plain, stranger, f"project_id={target}")
+    warm_page.post("/api/auth/logout")
+    assert page_answer(hot, warm_page, query)[0] == 401
+    assert served() == before
+
+
+def test_page_numbered_page_after_a_send_edit_and_delete_equals_djangos(
+        apps, warm_page, project, member, send, django_capture_on_commit_callbacks,
+        django_assert_num_queries):
+    from chat.actions import do_delete_message, do_edit_message
+
+    hot, plain = apps
+    query = f"project_id={project.pk}"
+    assert orjson.loads(page_answer(hot, warm_page, query)[2])["total"] == 3
+    (fresh,) = send(member, project, 1, prefix="fresh")  # bumps the project's version
+    stale = declined("stale")
+    answer = page_answer(hot, warm_page, query)  # retired: Django reads it again
+    assert declined("stale") == stale + 1
+    page = orjson.loads(answer[2])
+    assert (page["total"], page["items"][0]["content"]) == (4, "fresh 0")
+    before = served()
+    with django_assert_num_queries(0):
+        again = page_answer(hot, warm_page, query)
+    assert served() == before + 1
+    assert again == answer == page_answer(plain, warm_page, query)
+    for change, content in ((lambda: do_edit_message(fresh, "edited"), "edited"),
+                            (lambda: do_delete_message(fresh), "")):
+        with django_capture_on_commit_callbacks(execute=True):
+            change()
+        page_answer(hot, warm_page, query)  # stale: Django rebuilds the slot
+        before = served()
+        answer = page_answer(hot, warm_page, query)
+        assert served() == before + 1
+        assert answer == page_answer(plain, warm_page, query)
+        page = orjson.loads(answer[2])
+        assert (page["total"], page["items"][0]["content"]) == (4, content)  # tombstones count
+
+
+@pytest.mark.parametrize("accept", ["br", "gzip", "identity", ""])
+def test_page_numbered_compression_matches_django(apps, project, member, send, accept):
+    send(member, project, 40, prefix="a fairly long message to pass the threshold")
+    client = login_client(member)
+    query = f"project_id={project.pk}"
+    client.get(f"{MESSAGE_PAGE}?{query}")
+    hot, plain = apps
+    for _ in range(2):  # the second answer is the kept compressed form
+        before = served()
+        answer = page_answer(hot, client, query, headers={"Accept-Encoding": accept})
+        assert served() == before + 1
+        assert answer == page_answer(plain, client, query, headers={"Accept-Encoding": accept})
+    status, headers, body = answer
+    encoding = headers.get("Content-Encoding")
+    assert encoding == {"br": "br", "gzip": "gzip"}.get(accept)
+    assert headers["Vary"] == "Cookie, Accept-Encoding"
+    decode = {"br": brotli.decompress, "gzip": gzip.decompress, None: lambda b: b}
+    assert orjson.loads(decode[encoding](body))["total"] == 40
+    assert int(headers["Content-Length"]) == len(body)
+
+
+def test_an_owed_version_bump_sends_cached_pages_to_django(apps, warm_page, project,
+                                                           monkeypatch):
+    """While this process owes the project a version bump (the cache refused one),
+    its cached pages may be behind: Django reads them from the database."""
+    from chatsite import cache
+
+    hot, _ = apps
+    monkeypatch.setattr(cache, "is_bump_owed", lambda scope, ident: True)
+    before, owed = served(), declined("owed")
+    for path, query in ((messages_path(project), ""),
+                        (MESSAGE_PAGE, f"project_id={project.pk}")):
+        assert call(hot, environ(path, warm_page, query=query))[0] == 200
+    assert (served(), declined("owed")) == (before, owed + 2)
+
+
 # --- the project list ------------------------------------------------------------------
 
 

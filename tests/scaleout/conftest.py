@@ -17,6 +17,7 @@ from urllib.parse import urlparse, urlunparse
 import pytest
 
 from chatsite.scaleout.postgres import PostgresCluster, missing_binaries
+from tests.live import live_base_env
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES", "").lower() in {"1", "true", "yes"}
 
@@ -61,23 +62,15 @@ def app_env(cluster, *, bouncer=False, **extra):
     """Environment of an app server on the cluster: the primary and the replica
     direct (or both through PgBouncer), Redis as the session has it with keys
     and bus channels of its own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env = live_base_env()
     for name in ("PROMETHEUS_MULTIPROC_DIR", "DB_POOLER", "DB_PREPARED_STATEMENTS",
                  "DATABASE_REPLICA_URLS"):
         env.pop(name, None)
     primary, replica = cluster.bouncer_urls() if bouncer else cluster.urls()
     tag = uuid.uuid4().hex[:10]
     env.update({
-        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
         "DATABASE_URL": primary,
         "DATABASE_REPLICA_URLS": replica,
-        "SESSION_COOKIE_SECURE": "false",
-        "CSRF_COOKIE_SECURE": "false",
-        "FAST_PASSWORD_HASHER": "1",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "LOG_LEVEL": "WARNING",
-        "METRICS_PORT": "0",
-        "SECRET_KEY": os.environ.get("SECRET_KEY") or "scaleout-test-secret-" + "k" * 40,
         "CACHE_KEY_PREFIX": f"pg{tag}",
         "BUS_PREFIX": f"chat:pg{tag}",
         # Removed with the cluster's directory at the end of the session.
