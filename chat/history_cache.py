@@ -4,8 +4,9 @@ a change is applied to the first page after its commit.
 Two pages are cached, each in one slot per project: the cursor history's first
 page (history_slot) and the page-numbered history's first page
 (message_page_slot). A slot holds a CachedPage tagged with the project's cache
-version (chatsite.cache.bump_version retires it); chatsite.hotpath reads the
-cursor slot too. Other forms of either read are not cached (is_cached_history_form).
+version (chatsite.cache.bump_version retires it: every send, edit, delete and
+reaction bumps it, so the page-numbered body's `total` is never served stale);
+chatsite.hotpath reads both slots too. Other forms of either read are not cached (is_cached_history_form).
 
 Entries are pickled by the cache, so CachedPage stays a module-level class. A
 deploy meets entries of the shapes before it (plain tuples: `(version, body)`,
@@ -70,7 +71,7 @@ def history_slot(project_id, before, after, limit):
 
 
 def message_page_slot(project_id, page, per_page):
-    """The cache slot of a page-numbered history read."""
+    """The cache slot of a page-numbered history read (chatsite.hotpath reads it too)."""
     return make_key("page", project_id, page, per_page)
 
 

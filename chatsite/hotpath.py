@@ -62,7 +62,8 @@ from chatsite.logging import REQUEST_ID_HEADER, accept_request_id
 from chatsite.pagination import DEFAULT_LIMIT, DEFAULT_PER_PAGE, MAX_LIMIT, MAX_PER_PAGE
 
 HOT_PATH = Counter(
-    "chat_hot_path_total", "First history page requests by hot-path outcome", ["result"]
+    "chat_hot_path_total", "Hot-read requests (history pages, project list) by outcome",
+    ["result"],
 )
 
 PATH = re.compile(r"/api/projects/([1-9][0-9]{0,17})/messages")
