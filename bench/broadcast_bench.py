@@ -287,7 +287,7 @@ def AppServer(env, app):  # noqa: N802 - kept as the name the bench uses
     """One uvicorn worker on loopback: tests/live.py's LiveServer for any ASGI app."""
     from tests.live import LiveServer
 
-    return LiveServer(env, app=app)
+    return LiveServer(env, app=app, ws=os.environ.get("BENCH_WS", "websockets"))
 
 
 def redis_cpu_seconds(url):

@@ -144,13 +144,14 @@ class LiveServer:
     app = "chatsite.asgi:application"
 
     def __init__(self, env, *, port=None, workers=1, extra_env=None, app=None, http="uvicorn",
-                 threads=8):
+                 threads=8, ws="websockets"):
         self.port = port or free_port()
         self.http = http
         self.app = app or ("chatsite.wsgi:application" if http == "granian" else self.app)
         self.env = dict(env, **(extra_env or {}))
         self.workers = workers
         self.threads = threads
+        self.ws = ws  # uvicorn's --ws: a name or module:Class
         self.proc = None
 
     @property
@@ -172,7 +173,7 @@ class LiveServer:
         return [
             str(VENV_BIN / "uvicorn"), self.app,
             "--host", "127.0.0.1", "--port", str(self.port),
-            "--workers", str(self.workers), "--ws", "websockets",
+            "--workers", str(self.workers), "--ws", self.ws,
             "--ws-max-size", "65536", "--timeout-keep-alive", "30",
             "--no-access-log", "--log-level", "warning",
         ]
