@@ -6,6 +6,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WEB_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 PROMETHEUS_MULTIPROC_DIR ?= /tmp/chat-metrics-$(PORT)
+# uvicorn's socket implementation (docs/PERFORMANCE.md, "Idle sockets"):
+# chatsite.websocket:CompactDeflateProtocol holds a browser's idle socket in
+# 65 KiB instead of 155 but falls behind above ~50 msg/s into one big room.
+WS_PROTOCOL ?= websockets
 # `make cluster`: the scale-out layout on loopback (docs/SCALING.md), pid files here.
 CLUSTER_DIR ?= $(CURDIR)/.cluster
 # Ports of its own: the scale-out tests use 7101-7107 and 7201-7203.
@@ -50,7 +54,7 @@ serve: venv
 	export PROMETHEUS_MULTIPROC_DIR=$(PROMETHEUS_MULTIPROC_DIR) WS_PUBLIC_URL=$(WS_PUBLIC_URL) \
 		CSRF_TRUSTED_ORIGINS=$(CSRF_TRUSTED_ORIGINS); \
 	$(VENV)/bin/uvicorn chatsite.asgi:application --host $(HOST) --port $(WS_PORT) \
-		--workers $(WEB_WORKERS) --ws websockets --ws-max-size 65536 \
+		--workers $(WEB_WORKERS) --ws $(WS_PROTOCOL) --ws-max-size 65536 \
 		--timeout-keep-alive 30 --no-access-log --loop uvloop --http httptools & \
 	sockets=$$!; trap 'kill $$sockets 2>/dev/null' EXIT INT TERM; \
 	$(VENV)/bin/granian --interface wsgi chatsite.wsgi:application --host $(HOST) \

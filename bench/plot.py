@@ -7,8 +7,10 @@ Two curves, each drawn from a file a committed command wrote:
   frames/s against the offered messages/s, one socket count per file.
 * ``load``: locust's per-second history of a load run
   (``bench/loadtest_targets.py --csv PREFIX`` or ``manage.py loadtest --csv
-  PREFIX`` writes ``PREFIX_stats_history.csv``): requests/s, users and the
-  p95 of all requests over the run.
+  PREFIX`` writes ``PREFIX_stats_history.csv``): locust's events/s, users and
+  p95 over the run. Its history keeps only the aggregate of every event type,
+  so with sockets the rate counts WebSocket deliveries too (the targets table
+  separates them).
 
     .venv/bin/python bench/plot.py fanout bench/results/fanout_500.md --out docs/img/fanout_500.svg
     .venv/bin/python bench/plot.py load bench/results/load_stats_history.csv --out docs/img/load.svg
@@ -125,13 +127,13 @@ def plot_load(points, title, out):
     fig, rate = plt.subplots(figsize=(7, 4))
     p95 = rate.twinx()
     seconds = [p[0] for p in points]
-    rate.plot(seconds, [p[2] for p in points], label="requests/s")
+    rate.plot(seconds, [p[2] for p in points], label="events/s (all of locust's: HTTP and socket)")
     rate.plot(seconds, [p[1] for p in points], ":", label="users")
     p95.plot([p[0] for p in points if p[3] is not None],
              [p[3] for p in points if p[3] is not None], "--", color="tab:red",
-             label="p95 of all requests, ms")
+             label="p95 of those events, ms (locust's recent window)")
     rate.set_xlabel("seconds into the run")
-    rate.set_ylabel("requests/s, users")
+    rate.set_ylabel("events/s, users")
     p95.set_ylabel("p95, ms")
     rate.set_title(title)
     handles = rate.get_legend_handles_labels()

@@ -6,9 +6,10 @@ protocol the server agrees with zlib's defaults (32 KiB window, memLevel 8):
 extension (docs/PERFORMANCE.md, "Idle sockets"). This protocol agrees to a
 512-byte window each way (server_max_window_bits and client_max_window_bits
 = 9, the smallest zlib takes) with memLevel 1, and without server context
-takeover, so no compressor is kept between frames: chat frames are small JSON
+takeover (a fresh compressor for every frame): chat frames are small JSON
 whose repetition is within the frame (field names of a batch), so a large
-window buys little. Used by `make serve` (`--ws chatsite.websocket:CompactDeflateProtocol`).
+window buys little. Opt-in: `make serve WS_PROTOCOL=chatsite.websocket:CompactDeflateProtocol`
+(it falls behind the default above ~50 msg/s into one room of 500: docs/PERFORMANCE.md).
 """
 
 import logging
