@@ -6,10 +6,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WEB_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 PROMETHEUS_MULTIPROC_DIR ?= /tmp/chat-metrics-$(PORT)
-# uvicorn's socket implementation (docs/PERFORMANCE.md, "Idle sockets"):
-# chatsite.websocket:CompactDeflateProtocol holds a browser's idle socket in
-# 65 KiB instead of 155 but falls behind above ~50 msg/s into one big room.
-WS_PROTOCOL ?= websockets
+# uvicorn's socket protocol (docs/PERFORMANCE.md, "Idle sockets"): uvicorn's
+# websockets with a small per-frame deflate; WS_PROTOCOL=websockets for stock.
+WS_PROTOCOL ?= chatsite.websocket:CompactDeflateProtocol
 # `make cluster`: the scale-out layout on loopback (docs/SCALING.md), pid files here.
 CLUSTER_DIR ?= $(CURDIR)/.cluster
 # Ports of its own: the scale-out tests use 7101-7107 and 7201-7203.

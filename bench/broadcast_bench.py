@@ -287,7 +287,10 @@ def AppServer(env, app):  # noqa: N802 - kept as the name the bench uses
     """One uvicorn worker on loopback: tests/live.py's LiveServer for any ASGI app."""
     from tests.live import LiveServer
 
-    return LiveServer(env, app=app, ws=os.environ.get("BENCH_WS", "websockets"))
+    # BENCH_WS: uvicorn's --ws (default: make serve's, tests/live.py).
+    if os.environ.get("BENCH_WS"):
+        return LiveServer(env, app=app, ws=os.environ["BENCH_WS"])
+    return LiveServer(env, app=app)
 
 
 def redis_cpu_seconds(url):

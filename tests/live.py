@@ -144,14 +144,14 @@ class LiveServer:
     app = "chatsite.asgi:application"
 
     def __init__(self, env, *, port=None, workers=1, extra_env=None, app=None, http="uvicorn",
-                 threads=8, ws="websockets"):
+                 threads=8, ws="chatsite.websocket:CompactDeflateProtocol"):
         self.port = port or free_port()
         self.http = http
         self.app = app or ("chatsite.wsgi:application" if http == "granian" else self.app)
         self.env = dict(env, **(extra_env or {}))
         self.workers = workers
         self.threads = threads
-        self.ws = ws  # uvicorn's --ws: a name or module:Class
+        self.ws = ws  # uvicorn's --ws: make serve's protocol unless told otherwise
         self.proc = None
 
     @property

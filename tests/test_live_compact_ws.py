@@ -1,5 +1,4 @@
-"""The opt-in socket protocol (chatsite/websocket.py, `make serve
-WS_PROTOCOL=chatsite.websocket:CompactDeflateProtocol`): a browser-like client
+"""make serve's socket protocol (chatsite/websocket.py, `WS_PROTOCOL`): a browser-like client
 that offers permessage-deflate is answered with the small window and no server
 context takeover, and messages arrive through it compressed and in order."""
 
@@ -56,7 +55,7 @@ def test_deflate_is_agreed_small_and_messages_arrive_in_order(server):
     agreed, sent, got = asyncio.run(run())
     assert "permessage-deflate" in agreed
     assert "server_no_context_takeover" in agreed
-    assert "server_max_window_bits=9" in agreed and "client_max_window_bits=9" in agreed
+    assert "server_max_window_bits=10" in agreed and "client_max_window_bits=10" in agreed
     assert got == sent
 
 
