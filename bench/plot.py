@@ -86,14 +86,33 @@ def load_points(rows):
     return points
 
 
-def plot_fanout(by_variant, title, out):
+def _figure():
+    """A figure with two y axes (left, right), drawn without a display."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, latency = plt.subplots(figsize=(7, 4))
-    frames = latency.twinx()
+    fig, left = plt.subplots(figsize=(7, 4))
+    return fig, left, left.twinx()
+
+
+def _finish(fig, left, right, title, out, legend_at):
+    """Title, one legend for both axes, grid; write the SVG and free the figure."""
+    import matplotlib.pyplot as plt
+
+    left.set_title(title)
+    handles, labels = left.get_legend_handles_labels()
+    more_handles, more_labels = right.get_legend_handles_labels()
+    left.legend(handles + more_handles, labels + more_labels, fontsize="small", loc=legend_at)
+    left.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, format="svg")
+    plt.close(fig)
+
+
+def plot_fanout(by_variant, title, out):
+    fig, latency, frames = _figure()
     for variant, points in by_variant.items():
         rates = [p[0] for p in points]
         for index, label, style in ((1, "p50", ":"), (2, "p95", "-"), (3, "p99", "--")):
@@ -108,24 +127,11 @@ def plot_fanout(by_variant, title, out):
     latency.set_xlabel("messages/s into the project")
     latency.set_ylabel("send → receive latency, ms")
     frames.set_ylabel("frames/s written (all sockets)")
-    latency.set_title(title)
-    handles = latency.get_legend_handles_labels()
-    extra = frames.get_legend_handles_labels()
-    latency.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize="small", loc="upper left")
-    latency.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, format="svg")
-    plt.close(fig)
+    _finish(fig, latency, frames, title, out, "upper left")
 
 
 def plot_load(points, title, out):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, rate = plt.subplots(figsize=(7, 4))
-    p95 = rate.twinx()
+    fig, rate, p95 = _figure()
     seconds = [p[0] for p in points]
     rate.plot(seconds, [p[2] for p in points], label="events/s (all of locust's: HTTP and socket)")
     rate.plot(seconds, [p[1] for p in points], ":", label="users")
@@ -135,14 +141,7 @@ def plot_load(points, title, out):
     rate.set_xlabel("seconds into the run")
     rate.set_ylabel("events/s, users")
     p95.set_ylabel("p95, ms")
-    rate.set_title(title)
-    handles = rate.get_legend_handles_labels()
-    extra = p95.get_legend_handles_labels()
-    rate.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize="small", loc="lower right")
-    rate.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, format="svg")
-    plt.close(fig)
+    _finish(fig, rate, p95, title, out, "lower right")
 
 
 def main(argv=None):

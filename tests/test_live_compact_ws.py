@@ -33,14 +33,19 @@ def server():
         close()
 
 
+def project_socket(server, session, project_id, compression):
+    """A project socket of this session, offering deflate or no extension."""
+    return connect(f"{server.ws_url}/ws/projects/{project_id}/", origin=server.url,
+                   additional_headers={"Cookie": cookie_header(session)},
+                   compression=compression)
+
+
 def test_deflate_is_agreed_small_and_messages_arrive_in_order(server):
     project_id = create_users_and_project(server.env, ["cws_a"], project_name="Compact")
     session = login(server.url, "cws_a")
 
     async def run():
-        async with connect(f"{server.ws_url}/ws/projects/{project_id}/", origin=server.url,
-                           additional_headers={"Cookie": cookie_header(session)},
-                           compression="deflate") as ws:
+        async with project_socket(server, session, project_id, "deflate") as ws:
             agreed = ws.response.headers["Sec-WebSocket-Extensions"]
             assert orjson.loads(await ws.recv())["type"] == "hello"
             sent = [(await asyncio.to_thread(post_message, session, project_id, f"m{i} " * 40)
@@ -64,9 +69,7 @@ def test_a_client_without_the_extension_gets_none(server):
     session = login(server.url, "cws_b")
 
     async def run():
-        async with connect(f"{server.ws_url}/ws/projects/{project_id}/", origin=server.url,
-                           additional_headers={"Cookie": cookie_header(session)},
-                           compression=None) as ws:
+        async with project_socket(server, session, project_id, None) as ws:
             assert orjson.loads(await ws.recv())["type"] == "hello"
             return ws.response.headers.get("Sec-WebSocket-Extensions")
 
