@@ -60,13 +60,17 @@ def pg_cluster():
 
 def app_env(cluster, *, bouncer=False, **extra):
     """Environment of an app server on the cluster: the primary and the replica
-    direct (or both through PgBouncer), Redis as the session has it with keys
-    and bus channels of its own."""
+    direct, both through PgBouncer (bouncer=True) or make cluster's layout
+    (bouncer="primary": the primary through PgBouncer, the replica direct);
+    Redis as the session has it with keys and bus channels of its own."""
     env = live_base_env()
     for name in ("PROMETHEUS_MULTIPROC_DIR", "DB_POOLER", "DB_PREPARED_STATEMENTS",
                  "DATABASE_REPLICA_URLS"):
         env.pop(name, None)
-    primary, replica = cluster.bouncer_urls() if bouncer else cluster.urls()
+    if bouncer == "primary":  # make cluster's layout: PgBouncer to the primary, replica direct
+        primary, replica = cluster.bouncer_urls()[0], cluster.urls()[1]
+    else:
+        primary, replica = cluster.bouncer_urls() if bouncer else cluster.urls()
     tag = uuid.uuid4().hex[:10]
     env.update({
         "DATABASE_URL": primary,

@@ -21,7 +21,8 @@ REPLICA = "replica1"
 
 @pytest.fixture(scope="module")
 def app(pg_cluster):
-    env = app_env(pg_cluster, REPLICA_MAX_LAG_MS="300", REPLICA_RETRY_SECONDS="1")
+    env = app_env(pg_cluster, bouncer="primary", REPLICA_MAX_LAG_MS="300",
+                  REPLICA_RETRY_SECONDS="1")
     project_id = create_users_and_project(env, ["rep_alice", "rep_bob"],
                                           project_name="Replicas")
     server = LiveServer(env, http="granian").start()
