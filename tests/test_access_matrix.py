@@ -62,6 +62,9 @@ API_MATRIX = [
      row(401, 404, 403, 201, 201, 404)),
     ("read_public", "POST", "/api/projects/{pub}/read", {"seq": 1}, MEMBERS_ONLY_READ),
     ("read_private", "POST", "/api/projects/{priv}/read", {"seq": 1}, PRIVATE_READ),
+    # Without project_id: the caller's own projects' messages, whoever asks.
+    ("all_messages", "GET", "/api/messages?page=1&per_page=50", None,
+     row(401, 200, 200, 200, 200, 200)),
     ("page_history_public", "GET", "/api/messages?project_id={pub}", None, MEMBERS_ONLY_READ),
     ("page_history_private", "GET", "/api/messages?project_id={priv}", None,
      PRIVATE_READ),
