@@ -6,9 +6,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WEB_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 PROMETHEUS_MULTIPROC_DIR ?= /tmp/chat-metrics-$(PORT)
-# uvicorn's socket protocol (docs/PERFORMANCE.md, "Idle sockets"): uvicorn's
-# websockets with a small per-frame deflate; WS_PROTOCOL=websockets for stock.
-WS_PROTOCOL ?= chatsite.websocket:CompactDeflateProtocol
+# The socket server's protocol (docs/PERFORMANCE.md, "Idle sockets"): uvicorn's
+# sans-I/O websockets writing shared frames; WS_PROTOCOL=websockets for stock.
+WS_PROTOCOL ?= chatsite.websocket:SocketProtocol
 # `make cluster`: the scale-out layout on loopback (docs/SCALING.md), pid files here.
 CLUSTER_DIR ?= $(CURDIR)/.cluster
 # Ports of its own: the scale-out tests use 7101-7107 and 7201-7203.

@@ -1,7 +1,7 @@
 """What an idle socket costs the server: memory and connect CPU per socket.
 
     .venv/bin/python bench/socket_memory.py                 # ~1 minute
-    .venv/bin/python bench/socket_memory.py --sockets 2000 --ws websockets chatsite.websocket:CompactDeflateProtocol
+    .venv/bin/python bench/socket_memory.py --sockets 2000 --ws websockets chatsite.websocket:SocketProtocol
 
 Production shape on loopback (DATABASE_URL, REDIS_URL; defaults below): a
 fresh database (tests/live.py make_live_env), one uvicorn worker serving
@@ -109,7 +109,7 @@ def _compression(client):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sockets", type=int, default=1000)
-    parser.add_argument("--ws", nargs="+", default=["websockets", "chatsite.websocket:CompactDeflateProtocol"],
+    parser.add_argument("--ws", nargs="+", default=["websockets", "chatsite.websocket:SocketProtocol"],
                         help="uvicorn --ws values (a name or module:Class)")
     parser.add_argument("--clients", nargs="+", default=["deflate", "plain"],
                         choices=["deflate", "plain"])

@@ -38,6 +38,7 @@ from chat.selectors import get_changes_after
 from chat.serializers import serialize_message, serialize_messages
 from chatsite.errors import ChatError, Forbidden, NotFound
 from chatsite.logging import bind_connection_id
+from chatsite.websocket import EXTENSION as WIRE_EXTENSION
 from projects.access import access_project
 from projects.actions import do_mark_read
 
@@ -96,6 +97,10 @@ class ProjectConsumer(AsyncWebsocketConsumer):
     channel_layer_alias = None
     hub = None
     writer = None
+    # Once live on a server that writes frames itself (chatsite.websocket's
+    # "chat.frames" extension): its write and close, called at once.
+    wire = None
+    wire_close = None
     closing = False
     user_id = None
     username = ""
@@ -155,7 +160,7 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         # A client ahead of this hub (it read the API) skips frames it already has.
         self.skip_upto = after if after is not None and after > upto else 0
         await self.send(text_data=self.hub.presence.frame())
-        self.writer = asyncio.get_running_loop().create_task(self.write_frames())
+        self.go_live()
 
     def _after(self):
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
@@ -230,7 +235,27 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         self.closing = True
         await self.close(code=code)
 
-    # -- outgoing: pre-encoded text through a bounded queue --
+    # -- outgoing: pre-encoded text, written at once or through a bounded queue --
+    def go_live(self):
+        """Send what queued up while connecting, then each frame as it comes.
+
+        Where the server writes frames itself, a frame goes straight to the
+        socket's transport (no task, no queue per socket); a client whose
+        transport holds more than WS_SEND_BUFFER_BYTES is too slow. Elsewhere
+        (another server, tests' communicators) a writer task drains the queue.
+        """
+        frames = self.scope.get("extensions", {}).get(WIRE_EXTENSION)
+        if frames is None:
+            self.writer = asyncio.get_running_loop().create_task(self.write_frames())
+            return
+        queued = []
+        while not self.queue.empty():
+            queued.append(self.queue.get_nowait())
+        self.queue = None
+        self.wire, self.wire_close = frames["write"], frames["close"]
+        for frame in queued:
+            self.push_frame(frame)
+
     def push_batch(self, frame, batch):
         if batch[-1]["changed_seq"] <= self.skip_upto:
             return
@@ -243,6 +268,12 @@ class ProjectConsumer(AsyncWebsocketConsumer):
 
     def push_frame(self, frame):
         if self.closing:
+            return
+        if self.wire is not None and not self.holds:
+            buffered = self.wire(frame)
+            if buffered is not None and buffered > settings.WS_SEND_BUFFER_BYTES:
+                metrics.SLOW_CLIENTS_CLOSED.inc()
+                self.close_now(CLOSE_TOO_SLOW)
             return
         if self.holds:
             self.held.append(frame)
@@ -282,6 +313,11 @@ class ProjectConsumer(AsyncWebsocketConsumer):
             return
         self.closing = True
         self.leave_hub()
+        if self.wire_close is not None:
+            metrics.WEBSOCKET_CLOSES.labels(str(code)).inc()
+            self.wire_close(code)
+            asyncio.get_running_loop().create_task(self.release_socket())
+            return
         asyncio.get_running_loop().create_task(self._close_dropping(code))
 
     async def _close_dropping(self, code):

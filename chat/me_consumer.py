@@ -117,10 +117,9 @@ class MeConsumer(ProjectConsumer):
         await self.send(text_data=encode_frame(
             {"type": "hello", "user_id": self.user_id,
              "projects": [sidebar_item(i) for i in items if i["id"] in self.counts]}))
-        loop = asyncio.get_running_loop()
-        self.writer = loop.create_task(self.write_frames())
+        self.go_live()
         if self.channel_layer is not None:
-            self.refresher = loop.create_task(self.refresh_group())
+            self.refresher = asyncio.get_running_loop().create_task(self.refresh_group())
 
     async def listen_to(self, project_ids):
         """Put a tap in each project's hub (a hub starts with one query of its own)."""

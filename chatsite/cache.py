@@ -21,6 +21,7 @@ import time
 
 from django.conf import settings
 from django.core.cache import cache
+from django_redis.cache import RedisCache
 from prometheus_client import Counter
 
 logger = logging.getLogger(__name__)
@@ -361,3 +362,28 @@ def cache_result(ttl_seconds=None, *, prefix=None):
 
     return decorate
 
+
+
+class SharedClientRedisCache(RedisCache):
+    """django-redis with one client per process and cache, not one per context.
+
+    Django keeps a cache backend per async context (asgiref's Local), and
+    django-redis builds a client, with a redis-py ``Redis`` of its own, for
+    each: every socket's consumer task held one, 13 KiB apiece
+    (docs/PERFORMANCE.md, "Idle sockets"). The client is thread-safe (its
+    connections come from a shared pool), so one serves them all.
+    """
+
+    _shared = {}
+    _shared_lock = threading.Lock()
+
+    @property
+    def client(self):
+        if self._client is None:
+            key = (self._server, repr(sorted(self._params.items())))
+            with self._shared_lock:
+                shared = self._shared.get(key)
+                if shared is None:
+                    shared = self._shared[key] = self._client_cls(self._server, self._params, self)
+            self._client = shared
+        return self._client

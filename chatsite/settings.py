@@ -243,7 +243,7 @@ _REDIS_CLIENT = ({"CLIENT_CLASS": "chatsite.scaleout.redis_client.ClusterClient"
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
+            "BACKEND": "chatsite.cache.SharedClientRedisCache",
             "LOCATION": REDIS_URL,
             "TIMEOUT": CACHE_TTL,
             "KEY_PREFIX": CACHE_KEY_PREFIX,
@@ -256,7 +256,7 @@ if REDIS_URL:
         # Sessions: a Redis outage degrades to the database (cached_db)
         # instead of failing the request.
         "sessions": {
-            "BACKEND": "django_redis.cache.RedisCache",
+            "BACKEND": "chatsite.cache.SharedClientRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": CACHE_KEY_PREFIX,
             "OPTIONS": {
@@ -330,6 +330,12 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 WS_MAX_FRAME_BYTES = env("WS_MAX_FRAME_BYTES", 65536, int)
 WS_SEND_QUEUE_FRAMES = env("WS_SEND_QUEUE_FRAMES", 256, int)
+# Where the socket server writes frames itself (chatsite.websocket): a client
+# with more than this many bytes unread in its transport is closed with 4008.
+WS_SEND_BUFFER_BYTES = env("WS_SEND_BUFFER_BYTES", 1 << 20, int)
+# Redis connections per socket-server event loop (the bus's pool; its
+# subscription holds one): connects beyond it wait for one.
+WS_REDIS_CONNECTIONS = env("WS_REDIS_CONNECTIONS", 16, int)
 WS_RATE_PER_SECOND = env("WS_RATE_PER_SECOND", 10.0, float)
 WS_RATE_BURST = env("WS_RATE_BURST", 30, int)
 # Messages one user may send per SEND_RATE_WINDOW_SECONDS, HTTP and sockets together

@@ -1,33 +1,120 @@
-"""uvicorn's websockets protocol with a permessage-deflate sized for chat.
+"""The socket server's protocol: frames built once, written to every socket.
 
-Browsers offer permessage-deflate on every socket. uvicorn's `websockets`
-protocol agrees with zlib's defaults (32 KiB windows, memLevel 8) and keeps
-each socket's compressor between frames: 155 KiB of server memory per idle
-browser socket against 62 KiB without the extension, and a broadcast of one
-frame to 500 sockets walks 500 compressors of ~256 KiB each. This protocol
-(the same uvicorn class otherwise) agrees to 1 KiB windows each way
-(server_max_window_bits and client_max_window_bits = 10) with memLevel 4 and
-without server context takeover, so each frame gets a fresh, small, cache-hot
-compressor: a batch of 10 messages still compresses 4,080 → 542 bytes (523
-with the defaults), an idle browser socket holds 69 KiB, and a delivery costs
-a quarter less CPU (docs/PERFORMANCE.md, "Idle sockets"). `make serve` uses it
-(`WS_PROTOCOL`); `WS_PROTOCOL=websockets` is uvicorn's own.
+A broadcast hands the same text to hundreds of sockets (chat.realtime.hub).
+Through ASGI each socket's `websocket.send` frames the text again, and with
+permessage-deflate compresses it again; the socket keeps its compressor (and
+decompressor) between frames. `SocketProtocol` (uvicorn's sans-I/O websockets
+protocol, otherwise unchanged) adds the ASGI scope extension ``chat.frames``:
+
+- ``write(text)`` writes one text frame to the transport at once and returns
+  the bytes still waiting there (None once the socket is closing). The text
+  a broadcast hands to every socket is framed, and compressed, once per wire
+  format (`LastText`), and the same bytes go to each.
+- ``close(code)`` sends the close frame behind what is queued and closes the
+  transport without waiting for the app: a client too slow to read is closed
+  with 4008 even while its buffer is full (aborted if it never drains).
+
+Compression can be shared because every socket agrees to permessage-deflate
+without context takeover either way: each message is compressed on its own, so
+its bytes do not depend on the socket. The window is 1 KiB (window bits 10)
+and memLevel 4: a batch of 10 messages still compresses 4,080 → 542 bytes, and
+a socket holds no compressor or decompressor between messages
+(docs/PERFORMANCE.md, "Idle sockets"). `make serve` uses it (`WS_PROTOCOL`);
+`WS_PROTOCOL=websockets` is uvicorn's own, without the extension (the app then
+sends through ASGI as before).
 """
 
-from uvicorn.protocols.websockets.websockets_impl import WebSocketProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
 
 WINDOW_BITS = 10
 MEM_LEVEL = 4
+EXTENSION = "chat.frames"
+# A close sent behind a full buffer: the transport is dropped if the client has
+# not read up to it and answered this long after (at most WS_SEND_BUFFER_BYTES
+# wait meanwhile).
+CLOSE_TIMEOUT_SECONDS = 60.0
 
 
-class CompactDeflateProtocol(WebSocketProtocol):
+def deflate_factory():
+    return ServerPerMessageDeflateFactory(
+        server_no_context_takeover=True,
+        client_no_context_takeover=True,
+        server_max_window_bits=WINDOW_BITS,
+        client_max_window_bits=WINDOW_BITS,
+        compress_settings={"memLevel": MEM_LEVEL},
+    )
+
+
+def frame_bytes(text, extensions):
+    """One unmasked server text frame, through the socket's extensions."""
+    return Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=extensions)
+
+
+class LastText:
+    """The wire bytes of the text written last, per wire format.
+
+    A broadcast writes one text object to each socket in turn (the hub's
+    fan-out), so remembering the last one (by identity: it is held here, so
+    its id cannot be reused) frames and compresses it once per format. Without
+    context takeover the bytes depend only on the window: the compression
+    settings are this module's.
+    """
+
+    def __init__(self):
+        self.text, self.wire = None, {}
+
+    def bytes_for(self, text, extensions):
+        if text is not self.text:
+            self.text, self.wire = text, {}
+        key = extensions[0].local_max_window_bits if extensions else 0
+        data = self.wire.get(key)
+        if data is None:
+            data = self.wire[key] = frame_bytes(text, extensions)
+        return data
+
+
+last_text = LastText()  # one event loop per uvicorn worker process
+
+
+class SocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.config.ws_per_message_deflate:
-            self.available_extensions = [ServerPerMessageDeflateFactory(
-                server_no_context_takeover=True,
-                server_max_window_bits=WINDOW_BITS,
-                client_max_window_bits=WINDOW_BITS,
-                compress_settings={"memLevel": MEM_LEVEL},
-            )]
+        self.conn.available_extensions = (
+            [deflate_factory()] if self.config.ws_per_message_deflate else [])
+
+    def handle_connect(self, event):
+        super().handle_connect(event)
+        self.request = None  # its headers live on in the scope
+        if self.handshake_complete:
+            return  # refused by the handshake: there is no app
+        self.scope["extensions"][EXTENSION] = {"write": self.write_text, "close": self.close_now}
+
+    async def send(self, message):
+        await super().send(message)
+        if message["type"] == "websocket.accept":
+            self.response = None
+
+    def write_text(self, text):
+        if self.close_sent or self.disconnected or self.transport.is_closing():
+            return None
+        extensions = self.conn.extensions
+        if extensions and not extensions[0].local_no_context_takeover:
+            data = frame_bytes(text, extensions)  # not from deflate_factory: not shareable
+        else:
+            data = last_text.bytes_for(text, extensions)
+        self.transport.write(data)
+        return self.transport.get_write_buffer_size()
+
+    def close_now(self, code):
+        if self.close_sent or self.disconnected or self.transport.is_closing():
+            return
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": ""})
+        self.conn.send_close(code)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(CLOSE_TIMEOUT_SECONDS, self.transport.abort)

@@ -144,7 +144,7 @@ class LiveServer:
     app = "chatsite.asgi:application"
 
     def __init__(self, env, *, port=None, workers=1, extra_env=None, app=None, http="uvicorn",
-                 threads=8, ws="chatsite.websocket:CompactDeflateProtocol"):
+                 threads=8, ws="chatsite.websocket:SocketProtocol"):
         self.port = port or free_port()
         self.http = http
         self.app = app or ("chatsite.wsgi:application" if http == "granian" else self.app)

@@ -19,7 +19,7 @@ from tests.live import (
 
 pytestmark = [pytest.mark.live]
 
-PROTOCOL = "chatsite.websocket:CompactDeflateProtocol"
+PROTOCOL = "chatsite.websocket:SocketProtocol"
 
 
 @pytest.fixture(scope="module")

@@ -195,7 +195,12 @@ class _Subscriber(ChannelSubscriber):
     def __init__(self, url):
         import redis.asyncio as aioredis
 
-        self.client = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+        # A bounded pool: a storm of connects waits its turn for a connection
+        # rather than opening one per socket (hundreds of connects at once
+        # timed out, and each idle client kept its own).
+        self.client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            url, socket_connect_timeout=2, max_connections=settings.WS_REDIS_CONNECTIONS,
+            timeout=10))
         self.pubsub = self.client.pubsub()
         self.channels = set()
         self.reader = None

@@ -15,7 +15,8 @@ with their fields):
 | ``pong`` | the answer to ``ping`` |
 
 A frame that goes to many sockets is encoded once (``encode_frame``) and the
-same text is queued to each.
+same text goes to each; where the socket server writes frames itself
+(chatsite.websocket), it is also framed and compressed once.
 """
 
 import orjson

@@ -88,3 +88,29 @@ async def _replaced_hub_keeps_the_channel():
 def test_a_closing_hub_does_not_unsubscribe_its_successor(settings):
     settings.BUS_PREFIX = f"test-bus-{uuid.uuid4().hex[:8]}"
     assert asyncio.run(_replaced_hub_keeps_the_channel()) == [b"still here"]
+
+
+async def _claims_at_once(count):
+    """`count` sockets claim at once on one loop; return (counts, connections opened)."""
+    redis_bus = bus.RedisBus(settings.REDIS_URL)
+    subscriber = redis_bus._subscriber(asyncio.get_running_loop())
+    user_id = 10**9 + 7
+    socket_ids = [uuid.uuid4().hex for _ in range(count)]
+    try:
+        counts = await asyncio.gather(*(redis_bus.claim_socket(user_id, s) for s in socket_ids))
+        pool = subscriber.client.connection_pool
+        return counts, len(pool._available_connections) + len(pool._in_use_connections)
+    finally:
+        await asyncio.gather(*(redis_bus.release_socket(user_id, s) for s in socket_ids))
+        await subscriber.client.aclose()
+        redis_bus._sync.close()
+
+
+def test_a_storm_of_connects_shares_a_bounded_pool(settings):
+    # Hundreds of sockets connecting at once each opened a Redis connection
+    # (and timed out doing so): they now wait their turn for WS_REDIS_CONNECTIONS.
+    settings.BUS_PREFIX = f"test-bus-{uuid.uuid4().hex[:8]}"
+    settings.WS_REDIS_CONNECTIONS = 4
+    counts, opened = asyncio.run(_claims_at_once(200))
+    assert sorted(counts) == list(range(1, 201))
+    assert 1 <= opened <= 4

@@ -160,3 +160,17 @@ def test_reads_and_sends_succeed_with_redis_down(settings, owner, member, projec
     assert client.get(f"/api/projects/{project.pk}/messages").json()["items"][0][
         "content"] == "still here"
     assert chat_cache.CACHE_ERRORS.labels("get")._value.get() > errors_before
+
+
+def test_redis_cache_backends_of_one_cache_share_one_client():
+    # Django builds a backend per async context; each socket's task had its own
+    # django-redis client (a redis-py client with its own command table).
+    from chatsite.cache import SharedClientRedisCache
+
+    params = {"OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"}}
+    first = SharedClientRedisCache("redis://127.0.0.1:6379/13", dict(params))
+    second = SharedClientRedisCache("redis://127.0.0.1:6379/13", dict(params))
+    other = SharedClientRedisCache("redis://127.0.0.1:6379/12", dict(params))
+    assert first is not second
+    assert first.client is second.client
+    assert other.client is not first.client

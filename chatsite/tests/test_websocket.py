@@ -1,0 +1,47 @@
+"""make serve's socket protocol helpers: a broadcast's text is framed, and
+compressed, once per wire format, and the bytes are valid frames."""
+
+import zlib
+
+from websockets.extensions.permessage_deflate import PerMessageDeflate
+
+from chatsite import websocket
+
+
+def agreed_deflate():
+    """The extension as the factory agrees it with a browser."""
+    return PerMessageDeflate(True, True, websocket.WINDOW_BITS, websocket.WINDOW_BITS,
+                             {"memLevel": websocket.MEM_LEVEL})
+
+
+def test_a_text_written_to_many_sockets_is_framed_once_per_format(monkeypatch):
+    calls = []
+    real = websocket.frame_bytes
+
+    def counting(text, extensions):
+        calls.append(bool(extensions))
+        return real(text, extensions)
+
+    monkeypatch.setattr(websocket, "frame_bytes", counting)
+    last = websocket.LastText()
+    text = '{"type":"message_batch","messages":[]}' * 20
+    deflate = [[agreed_deflate()] for _ in range(3)]
+    wires = [last.bytes_for(text, ext) for ext in deflate + [[], []]]
+    assert sorted(calls) == [False, True]
+    assert len(set(wires)) == 2
+    last.bytes_for((text + " ")[:-1], [])  # an equal text, another object: framed again
+    assert len(calls) == 3
+
+
+def test_frames_decode_to_the_text():
+    text = '{"type":"message_batch","messages":[' + ",".join(['{"id":1}'] * 50) + "]}"
+    plain = websocket.frame_bytes(text, [])
+    assert plain[0] == 0x81 and plain[1] == 126
+    assert plain[4:].decode() == text
+    compressed = websocket.frame_bytes(text, [agreed_deflate()])
+    assert compressed[0] == 0xC1  # FIN, RSV1 (compressed), text
+    length = compressed[1]
+    payload = compressed[2:2 + length] if length < 126 else compressed[4:]
+    decoder = zlib.decompressobj(wbits=-websocket.WINDOW_BITS)
+    assert decoder.decompress(payload + b"\x00\x00\xff\xff").decode() == text
+    assert len(payload) < len(text) / 4
