@@ -23,6 +23,7 @@ from chat.realtime.frames import (
     CLOSE_TOO_MANY_SOCKETS,
     CLOSE_TOO_SLOW,
     PONG,
+    RESYNC_REQUIRED,
     encode_frame,
     message_batch,
 )
@@ -34,12 +35,11 @@ from chat.realtime.hub import (
 )
 from chat.realtime.notify import notify_typing, session_fingerprint
 from chat.realtime.revocation import verdicts
-from chat.selectors import get_changes_after
-from chat.serializers import serialize_message, serialize_messages
+from chat.serializers import serialize_message
 from chatsite.errors import ChatError, Forbidden, NotFound
 from chatsite.logging import bind_connection_id
 from chatsite.websocket import EXTENSION as WIRE_EXTENSION
-from projects.access import access_project
+from projects.access import access_project_cached
 from projects.actions import do_mark_read
 
 logger = logging.getLogger(__name__)
@@ -64,15 +64,10 @@ class TokenBucket:
 
 
 @db_task
-def access_member_project(user, project_id):
-    project, _ = access_project(user, project_id)
-    return project
-
-
-@db_task
-def read_replay(project_id, after, upto, limit):
-    rows, has_more = get_changes_after(project_id, after=after, upto=upto, limit=limit)
-    return serialize_messages(rows), has_more
+def check_member(user, project_id):
+    """The socket's access check: the cached entry the hot path reads too
+    (membership and project changes retire it), the database when missing."""
+    access_project_cached(user, project_id)
 
 
 @db_task
@@ -137,7 +132,7 @@ class ProjectConsumer(AsyncWebsocketConsumer):
             return await self.close_with(CLOSE_TOO_MANY_SOCKETS)
         try:
             self.project_id = int(self.scope["url_route"]["kwargs"]["project_id"])
-            project = await access_member_project(user, self.project_id)
+            await check_member(user, self.project_id)
         except NotFound:
             return await self.close_with(CLOSE_NO_PROJECT)
         except Forbidden:
@@ -146,7 +141,7 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         self.hub = await join_project(self.project_id, self)
         metrics.WEBSOCKET_CONNECTIONS_ACTIVE.inc()
         if access_events() != events_before:
-            code = (await verdicts([self], project.pk, session=True)).get(self)
+            code = (await verdicts([self], self.project_id, session=True)).get(self)
             if code is not None:
                 metrics.SOCKETS_REVOKED.labels(str(code)).inc()
                 self.leave_hub()
@@ -176,19 +171,14 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         """Send the changes in (after, upto] before anything live."""
         if after >= upto:
             return
-        limit = settings.REPLAY_LIMIT
-        messages, has_more = await read_replay(self.project_id, after, upto, limit)
-        if has_more:
+        frames = await self.hub.replay(after, upto)
+        if frames is None:
             metrics.REPLAYS.labels("resync").inc()
-            await self.send(text_data=encode_frame({"type": "resync_required"}))
+            await self.send(text_data=RESYNC_REQUIRED)
             return
         metrics.REPLAYS.labels("replayed").inc()
-        size = settings.BROADCAST_MAX_BATCH
-        for start in range(0, len(messages), size):
-            chunk = messages[start : start + size]
-            await self.send(text_data=encode_frame(
-                {"type": "message_batch", "messages": chunk}
-            ))
+        for frame in frames:
+            await self.send(text_data=frame)
 
     async def claim_socket(self):
         """Count this socket against the user's open sockets; False over the limit.

@@ -9,7 +9,7 @@ protocol, otherwise unchanged) adds the ASGI scope extension ``chat.frames``:
 - ``write(text)`` writes one text frame to the transport at once and returns
   the bytes still waiting there (None once the socket is closing). The text
   a broadcast hands to every socket is framed, and compressed, once per wire
-  format (`LastText`), and the same bytes go to each.
+  format (`RecentTexts`), and the same bytes go to each.
 - ``close(code)`` sends the close frame behind what is queued and closes the
   transport without waiting for the app: a client too slow to read is closed
   with 4008 even while its buffer is full (aborted if it never drains).
@@ -52,30 +52,36 @@ def frame_bytes(text, extensions):
     return Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=extensions)
 
 
-class LastText:
-    """The wire bytes of the text written last, per wire format.
+class RecentTexts:
+    """The wire bytes of the texts written last, per wire format.
 
     A broadcast writes one text object to each socket in turn (the hub's
-    fan-out), so remembering the last one (by identity: it is held here, so
-    its id cannot be reused) frames and compresses it once per format. Without
-    context takeover the bytes depend only on the window: the compression
-    settings are this module's.
+    fan-out), and a replay shared by many sockets writes the same few objects
+    (ProjectHub.replay), so remembering the last KEEP texts (by identity: each
+    is held here, so its id cannot be reused meanwhile) frames and compresses
+    each once per format. Without context takeover the bytes depend only on
+    the window: the compression settings are this module's.
     """
 
+    KEEP = 64
+
     def __init__(self):
-        self.text, self.wire = None, {}
+        self.texts = {}  # id(text) -> (text, {window bits or 0: bytes}), oldest first
 
     def bytes_for(self, text, extensions):
-        if text is not self.text:
-            self.text, self.wire = text, {}
+        entry = self.texts.get(id(text))
+        if entry is None or entry[0] is not text:
+            if len(self.texts) >= self.KEEP:
+                del self.texts[next(iter(self.texts))]
+            entry = self.texts[id(text)] = (text, {})
         key = extensions[0].local_max_window_bits if extensions else 0
-        data = self.wire.get(key)
+        data = entry[1].get(key)
         if data is None:
-            data = self.wire[key] = frame_bytes(text, extensions)
+            data = entry[1][key] = frame_bytes(text, extensions)
         return data
 
 
-last_text = LastText()  # one event loop per uvicorn worker process
+recent_texts = RecentTexts()  # one event loop per uvicorn worker process
 
 
 class SocketProtocol(WebSocketsSansIOProtocol):
@@ -103,7 +109,7 @@ class SocketProtocol(WebSocketsSansIOProtocol):
         if extensions and not extensions[0].local_no_context_takeover:
             data = frame_bytes(text, extensions)  # not from deflate_factory: not shareable
         else:
-            data = last_text.bytes_for(text, extensions)
+            data = recent_texts.bytes_for(text, extensions)
         self.transport.write(data)
         return self.transport.get_write_buffer_size()
 

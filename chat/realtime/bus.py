@@ -95,6 +95,16 @@ class LocalBus:
 _local_sockets = {}  # the embedded default's open sockets: user id -> socket ids
 
 
+# One command per connect (a MULTI of four cost six): drop the user's expired
+# socket ids, add this one, keep the key alive, count.
+CLAIM_SOCKET = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
 class RedisBus:
     """Production shape: Redis pub/sub, one subscription per process and project."""
 
@@ -122,15 +132,13 @@ class RedisBus:
         return f"{settings.BUS_PREFIX}:sockets:{user_id}"
 
     async def claim_socket(self, user_id, socket_id):
-        client = self._subscriber(asyncio.get_running_loop()).client
-        key, now = self._sockets_key(user_id), time.time()
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.zremrangebyscore(key, "-inf", now)
-            pipe.zadd(key, {socket_id: now + self.SOCKET_TTL_SECONDS})
-            pipe.zcard(key)
-            pipe.expire(key, self.SOCKET_TTL_SECONDS)
-            _, _, count, _ = await pipe.execute()
-        return count
+        subscriber = self._subscriber(asyncio.get_running_loop())
+        if subscriber.claim_script is None:
+            subscriber.claim_script = subscriber.client.register_script(CLAIM_SOCKET)
+        now = time.time()
+        return await subscriber.claim_script(
+            keys=[self._sockets_key(user_id)],
+            args=[now, now + self.SOCKET_TTL_SECONDS, socket_id, self.SOCKET_TTL_SECONDS])
 
     async def release_socket(self, user_id, socket_id):
         client = self._subscriber(asyncio.get_running_loop()).client
@@ -168,6 +176,8 @@ class RedisBus:
 class ChannelSubscriber:
     """What every loop's subscriber shares: a hub's channel is left unless a new
     hub of the project took it over, in turn with the other calls (`lock`)."""
+
+    claim_script = None  # CLAIM_SOCKET on this loop's client, once registered
 
     async def unsubscribe(self, project_id):
         channel = bus_channel(project_id)

@@ -32,6 +32,7 @@ CLOSE_TOO_BIG = 1009
 # socket closes as "try again later", and the client reconnects with `after`.
 CLOSE_ACCESS_CHECK_FAILED = 1013
 PONG = '{"type":"pong"}'
+RESYNC_REQUIRED = '{"type":"resync_required"}'
 
 
 def encode_frame(payload):

@@ -40,6 +40,8 @@ SOCKET_REFRESH_SECONDS = 60.0
 # Messages per frame when a hub catches up from the database (a lost publish,
 # a Redis outage): late already, they go in few frames rather than in batches.
 CATCH_UP_FRAME = 200
+# How long a replay's frames serve other sockets asking for the same changes.
+REPLAY_SHARE_SECONDS = 2.0
 
 
 def db_task(fn):
@@ -174,6 +176,20 @@ def _read_project_seq(project_id):
 
 
 @db_task
+def _read_replay(project_id, after, upto):
+    from chat.selectors import get_changes_after
+    from chat.serializers import serialize_messages
+
+    rows, has_more = get_changes_after(project_id, after=after, upto=upto,
+                                       limit=settings.REPLAY_LIMIT)
+    if has_more:
+        return None
+    messages, size = serialize_messages(rows), settings.BROADCAST_MAX_BATCH
+    return [message_batch(messages[start:start + size])
+            for start in range(0, len(messages), size)]
+
+
+@db_task
 def _read_changes(project_id, after, upto):
     from chat.selectors import get_changes_after
 
@@ -202,6 +218,7 @@ class ProjectHub:
         self.closed = False
         self.presence = Presence(self)
         self.poller = None
+        self.replays = {}  # (after, upto) -> the read of their frames, shared a while
 
     async def start(self):
         seq = await _read_project_seq(self.project_id)
@@ -215,16 +232,17 @@ class ProjectHub:
 
     # -- sockets --
     def add(self, consumer):
+        if consumer in self.consumers:
+            return
         self.consumers.add(consumer)
         get_registry().add_socket(consumer)
         # A /ws/me/ listener (chat.realtime.me) hears changes but is nobody
         # online in the project: it neither shows in presence nor announces.
         if getattr(consumer, "in_presence", True):
-            self.presence.announce(query=not any(
-                c is not consumer and getattr(c, "in_presence", True)
-                for c in self.consumers))
+            self.presence.joined(consumer)
 
     def remove(self, consumer):
+        present = consumer in self.consumers
         self.consumers.discard(consumer)
         registry = registries.get(self.loop)
         if registry is not None:
@@ -232,8 +250,8 @@ class ProjectHub:
         if not self.consumers and not self.closed:
             self.closed = True
             self.loop.create_task(self._close())
-        elif getattr(consumer, "in_presence", True):
-            self.presence.announce()
+        elif present and getattr(consumer, "in_presence", True):
+            self.presence.left(consumer)
 
     async def _close(self):
         registry = registries.get(self.loop)
@@ -248,6 +266,26 @@ class ProjectHub:
         await sync_to_async(notify_presence)(self.project_id, [])
         if registry is None or self.project_id not in registry.hubs:
             await get_bus().unsubscribe(self)
+
+    # -- replays --
+    async def replay(self, after, upto):
+        """The frames of the changes in (after, upto], None if more than
+        REPLAY_LIMIT: read and encoded once for every socket asking the same
+        within REPLAY_SHARE_SECONDS (after a restart, thousands of sockets of a
+        project ask for the same few changes)."""
+        key = (after, upto)
+        read = self.replays.get(key)
+        if read is None:
+            read = self.replays[key] = self.loop.create_task(
+                _read_replay(self.project_id, after, upto), context=contextvars.Context())
+            read.add_done_callback(lambda done: self._forget_replay(key, done))
+        return await asyncio.shield(read)
+
+    def _forget_replay(self, key, read):
+        if read.cancelled() or read.exception() is not None:
+            self.replays.pop(key, None)  # a failed read is not shared: the next asks again
+        else:
+            self.loop.call_later(REPLAY_SHARE_SECONDS, self.replays.pop, key, None)
 
     # -- input --
     def feed_raw(self, data):

@@ -25,6 +25,10 @@ class Presence:
         self.seen = {}  # process -> (users, seen_at)
         self.frame_sent = None
         self.heartbeat = None
+        # This process's sockets in the project by user: kept as sockets join
+        # and leave, so neither walks the project's sockets.
+        self.local = {}  # user id -> [username, sockets]
+        self.sockets = 0
 
     def start(self):
         self.heartbeat = self.hub.loop.create_task(self._heartbeat())
@@ -33,12 +37,30 @@ class Presence:
         if self.heartbeat is not None:
             self.heartbeat.cancel()
 
+    def joined(self, consumer):
+        """A socket of this process joined: announce if its user is new here."""
+        self.sockets += 1
+        entry = self.local.get(consumer.user_id)
+        if entry is not None:
+            entry[1] += 1
+            return
+        self.local[consumer.user_id] = [consumer.username, 1]
+        # The first socket here also asks the other processes for theirs.
+        self.announce(query=self.sockets == 1)
+
+    def left(self, consumer):
+        """A socket of this process left: announce if it was its user's last here."""
+        entry = self.local.get(consumer.user_id)
+        if entry is None:
+            return
+        self.sockets -= 1
+        entry[1] -= 1
+        if not entry[1]:
+            del self.local[consumer.user_id]
+            self.announce()
+
     def local_users(self):
-        users = {}
-        for consumer in self.hub.consumers:
-            if getattr(consumer, "in_presence", True):  # not a /ws/me/ listener
-                users[consumer.user_id] = consumer.username
-        return [{"id": uid, "username": name} for uid, name in sorted(users.items())]
+        return [{"id": uid, "username": entry[0]} for uid, entry in sorted(self.local.items())]
 
     def announce(self, query=False):
         """Publish this process's users of the project (off the event loop)."""

@@ -551,6 +551,54 @@ async def test_sockets_joining_while_the_hub_starts_all_get_their_replay(member,
         await comm.disconnect()
 
 
+async def test_sockets_asking_the_same_replay_share_one_read(member, owner, project, monkeypatch):
+    # A reconnect storm: every socket of the project asks for the same changes.
+    from chat import selectors
+
+    reads = []
+    real = selectors.get_changes_after
+
+    def counting(*args, **kwargs):
+        reads.append(kwargs.get("after"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(selectors, "get_changes_after", counting)
+    await send_as(owner, project, 5)
+    first = await open_socket(member, project.pk)  # the hub is up, at 5
+    sockets = await asyncio.gather(*(open_socket(member, project.pk, after=2) for _ in range(10)))
+    for comm in sockets:
+        _, messages = await collect_messages(comm, 3)
+        assert [m["seq"] for m in messages] == [3, 4, 5]
+    other = await open_socket(member, project.pk, after=4)
+    _, messages = await collect_messages(other, 1)
+    assert [m["seq"] for m in messages] == [5]
+    assert reads == [2, 4]
+    for comm in [first, other, *sockets]:
+        await comm.disconnect()
+
+
+async def test_presence_is_announced_when_a_user_comes_or_goes_not_per_socket(
+        member, owner, project, monkeypatch):
+    from chat.realtime import presence
+
+    announced = []
+    monkeypatch.setattr(presence, "notify_presence",
+                        lambda project_id, users, query=False: announced.append(
+                            [u["id"] for u in users]))
+    tabs = [await open_socket(member, project.pk) for _ in range(5)]
+    owner_tab = await open_socket(owner, project.pk)
+    await asyncio.sleep(0.1)  # announcements run off the event loop
+    assert announced == [[member.pk], sorted([member.pk, owner.pk])]
+    for comm in tabs[:4]:
+        await comm.disconnect()
+    await asyncio.sleep(0.1)
+    assert len(announced) == 2
+    await tabs[4].disconnect()
+    await asyncio.sleep(0.1)
+    assert announced[2:] == [[owner.pk]]
+    await owner_tab.disconnect()
+
+
 async def test_client_ahead_of_the_hub_gets_only_what_it_lacks(member, owner, project):
     # The client read seq 1..3 through the API before the hub saw them.
     with override_settings(BROADCAST_MAX_WAIT_MS=3000, BROADCAST_LINGER_MS=3000):

@@ -23,14 +23,21 @@ def test_a_text_written_to_many_sockets_is_framed_once_per_format(monkeypatch):
         return real(text, extensions)
 
     monkeypatch.setattr(websocket, "frame_bytes", counting)
-    last = websocket.LastText()
+    last = websocket.RecentTexts()
     text = '{"type":"message_batch","messages":[]}' * 20
     deflate = [[agreed_deflate()] for _ in range(3)]
     wires = [last.bytes_for(text, ext) for ext in deflate + [[], []]]
     assert sorted(calls) == [False, True]
     assert len(set(wires)) == 2
-    last.bytes_for((text + " ")[:-1], [])  # an equal text, another object: framed again
+    other = (text + " ")[:-1]  # an equal text, another object: framed again
+    last.bytes_for(other, [])
     assert len(calls) == 3
+    last.bytes_for(text, [])  # still kept
+    assert len(calls) == 3
+    for i in range(websocket.RecentTexts.KEEP):
+        last.bytes_for(f"filler {i}", [])
+    last.bytes_for(text, [])  # pushed out by newer texts: framed again
+    assert len(calls) == 4 + websocket.RecentTexts.KEEP
 
 
 def test_frames_decode_to_the_text():
