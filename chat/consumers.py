@@ -48,6 +48,8 @@ TYPING_MIN_INTERVAL = 2.0
 
 
 class TokenBucket:
+    __slots__ = ("rate", "burst", "tokens", "stamp")  # two per socket
+
     def __init__(self, rate, burst):
         self.rate, self.burst = rate, burst
         self.tokens = float(burst)
@@ -234,6 +236,12 @@ class ProjectConsumer(AsyncWebsocketConsumer):
         transport holds more than WS_SEND_BUFFER_BYTES is too slow. Elsewhere
         (another server, tests' communicators) a writer task drains the queue.
         """
+        # The handshake's headers were read (origin, cookies, session): an
+        # idle socket need not keep them (the list is shared by every copy of
+        # the scope the ASGI stack holds).
+        headers = self.scope.get("headers")
+        if isinstance(headers, list):
+            headers.clear()
         frames = self.scope.get("extensions", {}).get(WIRE_EXTENSION)
         if frames is None:
             self.writer = asyncio.get_running_loop().create_task(self.write_frames())

@@ -52,3 +52,37 @@ def test_frames_decode_to_the_text():
     decoder = zlib.decompressobj(wbits=-websocket.WINDOW_BITS)
     assert decoder.decompress(payload + b"\x00\x00\xff\xff").decode() == text
     assert len(payload) < len(text) / 4
+
+
+def test_the_inbox_hands_events_over_in_order_and_waits_when_empty():
+    import asyncio
+
+    async def run():
+        inbox = websocket.Inbox()
+        inbox.put_nowait(1)
+        assert not inbox.empty() and await inbox.get() == 1 and inbox.empty()
+        getter = asyncio.ensure_future(inbox.get())
+        await asyncio.sleep(0)
+        assert not getter.done()
+        inbox.put_nowait(2)
+        inbox.put_nowait(3)
+        return await getter, await inbox.get()
+
+    assert asyncio.run(run()) == (2, 3)
+
+
+def test_the_gate_holds_writers_while_closed_and_lets_them_all_go():
+    import asyncio
+
+    async def run():
+        gate = websocket.Gate()
+        await gate.wait()  # open: no wait
+        gate.clear()
+        writers = [asyncio.ensure_future(gate.wait()) for _ in range(3)]
+        await asyncio.sleep(0)
+        held = [w.done() for w in writers]
+        gate.set()
+        await asyncio.gather(*writers)
+        return held
+
+    assert asyncio.run(run()) == [False, False, False]
