@@ -634,6 +634,7 @@ def main():
     os.environ.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
     from urllib.parse import urlparse, urlunparse
 
+    from bench.socket_memory import calibrate
     from tests.live import (
         cookie_header,
         create_users_and_project,
@@ -671,13 +672,15 @@ def main():
             f"[{first_id}])\n"
         ))
         project_id = create_users_and_project(env, [SENDER, READER], "Broadcast bench")
-        cookie = None
+        cookie = calibration = None
         for rate in args.rates:
             for variant in args.variants:
                 server = AppServer(env, VARIANTS[variant]["app"]).start()
                 try:
                     if cookie is None:
                         cookie = cookie_header(login(server.url, READER))
+                    if calibration is None:
+                        calibration = calibrate(server.url)
                     print(f"# {variant} at {rate:g} msg/s ...", file=sys.stderr, flush=True)
                     with asyncio.Runner(loop_factory=loop_factory) as runner:
                         r = runner.run(
@@ -693,6 +696,9 @@ def main():
     finally:
         close()
     text = report(results, args, started, load_before, loadavg())
+    if calibration:
+        text += (f"\nCalibration: `/healthz` of the first server, {calibration:,.0f} req/s "
+                 "(wrk, 64 connections, 5 s, before any socket).\n")
     text += f"\nWhole run: {time.monotonic() - t0:.0f} s.\n"
     print(text)
     out = Path(args.output)
