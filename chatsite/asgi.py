@@ -15,13 +15,13 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 django_asgi = get_asgi_application()
 
 from a2wsgi import WSGIMiddleware  # noqa: E402
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chatsite.origin import StrictOriginValidator  # noqa: E402
+from chatsite.socket_auth import SocketAuthMiddleware  # noqa: E402
 
 if settings.DEBUG or os.environ.get("HTTP_VIA_ASGI", "").lower() in {"1", "true", "yes"}:
     http_app = django_asgi
@@ -32,7 +32,7 @@ else:
         wrap(get_wsgi_application()), workers=int(os.environ.get("WSGI_THREADS", "16"))
     )
 
-websocket_app = StrictOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+websocket_app = StrictOriginValidator(SocketAuthMiddleware(URLRouter(websocket_urlpatterns)))
 
 application = ProtocolTypeRouter({"http": http_app, "websocket": websocket_app})
 

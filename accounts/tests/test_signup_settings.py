@@ -4,7 +4,6 @@ change keeps this session, signs the others out and closes every socket 4401."""
 import orjson
 import pytest
 from asgiref.sync import sync_to_async
-from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
@@ -14,6 +13,7 @@ from accounts.models import User
 from chat.realtime.frames import CLOSE_NOT_SIGNED_IN
 from chat.routing import websocket_urlpatterns
 from chatsite.origin import StrictOriginValidator
+from chatsite.socket_auth import SocketAuthMiddleware
 from conftest import assert_error, login_client
 
 NEW_PASSWORD = "correct-horse-battery-9"
@@ -255,7 +255,7 @@ def test_settings_shows_a_wrong_old_password_and_a_weak_new_one(member):
 
 
 def socket_app():
-    return StrictOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+    return StrictOriginValidator(SocketAuthMiddleware(URLRouter(websocket_urlpatterns)))
 
 
 async def open_socket(client, project_id):

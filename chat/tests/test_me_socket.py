@@ -10,7 +10,6 @@ import asyncio
 import orjson
 import pytest
 from asgiref.sync import sync_to_async
-from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
@@ -21,6 +20,7 @@ from django.test import Client
 from chat.realtime.frames import CLOSE_NOT_SIGNED_IN
 from chat.routing import websocket_urlpatterns
 from chatsite.origin import StrictOriginValidator
+from chatsite.socket_auth import SocketAuthMiddleware
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -38,7 +38,7 @@ def _fresh_channel_layer():
 
 
 def app():
-    return StrictOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+    return StrictOriginValidator(SocketAuthMiddleware(URLRouter(websocket_urlpatterns)))
 
 
 async def open_me(user=None, client=None, origin=True):

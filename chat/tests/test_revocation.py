@@ -13,7 +13,6 @@ import asyncio
 import orjson
 import pytest
 from asgiref.sync import sync_to_async
-from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
@@ -27,12 +26,13 @@ from chat.realtime.frames import (
 )
 from chat.routing import websocket_urlpatterns
 from chatsite.origin import StrictOriginValidator
+from chatsite.socket_auth import SocketAuthMiddleware
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
 def app():
-    return StrictOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+    return StrictOriginValidator(SocketAuthMiddleware(URLRouter(websocket_urlpatterns)))
 
 
 def signed_in_client(user):

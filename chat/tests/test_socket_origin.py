@@ -1,20 +1,20 @@
 """The socket Origin check compares whole origins: scheme, host and port."""
 
 import pytest
-from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
 from chat.routing import websocket_urlpatterns
 from chatsite.origin import StrictOriginValidator
+from chatsite.socket_auth import SocketAuthMiddleware
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def app():
     # chatsite.asgi's websocket stack, without importing the server module.
-    return StrictOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+    return StrictOriginValidator(SocketAuthMiddleware(URLRouter(websocket_urlpatterns)))
 
 
 async def handshake(origin, host="127.0.0.1:8000", scheme="ws", extra=()):

@@ -3,12 +3,12 @@
 import logging
 
 import pytest
-from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 
 from chat.routing import websocket_urlpatterns
 from chatsite.origin import StrictOriginValidator
+from chatsite.socket_auth import SocketAuthMiddleware
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -17,7 +17,7 @@ ORIGIN = (b"origin", b"http://testserver")
 
 def app():
     # chatsite.asgi's websocket stack, without importing the server module.
-    return StrictOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+    return StrictOriginValidator(SocketAuthMiddleware(URLRouter(websocket_urlpatterns)))
 
 
 @pytest.mark.parametrize("path", [
