@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WEB_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 PROMETHEUS_MULTIPROC_DIR ?= /tmp/chat-metrics-$(PORT)
-# The socket server's protocol (docs/PERFORMANCE.md, "Idle sockets"): uvicorn's
+# The socket server's protocol (docs/PERFORMANCE.md, "Sockets"): uvicorn's
 # sans-I/O websockets writing shared frames; WS_PROTOCOL=websockets for stock.
 WS_PROTOCOL ?= chatsite.websocket:SocketProtocol
 # `make cluster`: the scale-out layout on loopback (docs/SCALING.md), pid files here.

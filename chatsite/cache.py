@@ -370,7 +370,7 @@ class SharedClientRedisCache(RedisCache):
     Django keeps a cache backend per async context (asgiref's Local), and
     django-redis builds a client, with a redis-py ``Redis`` of its own, for
     each: every socket's consumer task held one, 13 KiB apiece
-    (docs/PERFORMANCE.md, "Idle sockets"). The client is thread-safe (its
+    (docs/PERFORMANCE.md, "Sockets"). The client is thread-safe (its
     connections come from a shared pool), so one serves them all.
     """
 

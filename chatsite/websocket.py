@@ -19,7 +19,7 @@ without context takeover either way: each message is compressed on its own, so
 its bytes do not depend on the socket. The window is 1 KiB (window bits 10)
 and memLevel 4: a batch of 10 messages still compresses 4,080 → 542 bytes, and
 a socket holds no compressor or decompressor between messages
-(docs/PERFORMANCE.md, "Idle sockets"). `make serve` uses it (`WS_PROTOCOL`);
+(docs/PERFORMANCE.md, "Sockets"). `make serve` uses it (`WS_PROTOCOL`);
 `WS_PROTOCOL=websockets` is uvicorn's own, without the extension (the app then
 sends through ASGI as before).
 """
@@ -146,7 +146,7 @@ class SocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # Lean stand-ins for what uvicorn keeps per socket (docs/PERFORMANCE.md,
-        # "Idle sockets").
+        # "Sockets").
         self.queue, self.writable = Inbox(), Gate()
         self.conn.available_extensions = (
             [deflate_factory()] if self.config.ws_per_message_deflate else [])
