@@ -249,6 +249,15 @@ class ProjectCounts:
                     notify = {"seq": seq, "user": message["user"]["username"],
                               "mention": mentioned,
                               "excerpt": message["content"][:EXCERPT_CHARS]}
+            elif seq in self.live_mentions:  # an edit of an unread message heard live
+                # An edit can add or remove a mention of me: count the
+                # difference (no notification: the message was announced). Of a
+                # message counted by the database before this socket, the
+                # earlier state is not known here: its count waits for the
+                # next read or reload.
+                mentioned = mentions_user(message["content_html"], user_id)
+                d_mention = int(mentioned) - int(self.live_mentions[seq])
+                self.live_mentions[seq] = mentioned
         self.unread = max(0, self.unread + d_unread)
         self.mention = max(0, min(self.unread, self.mention + d_mention))
         if d_unread or d_mention:

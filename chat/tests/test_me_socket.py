@@ -163,6 +163,23 @@ async def test_deleting_an_unread_mention_counts_down(owner, member, project):
     await comm.disconnect()
 
 
+async def test_an_edit_adding_or_removing_a_mention_of_me_counts(owner, member, project):
+    from chat.actions import check_edit_message
+
+    comm = await open_me(member)
+    message = await send(owner, project.pk, "look at this")
+    frame = await update_until(comm, project.pk, lambda f: f["seq"] == 1)
+    assert (frame["unread_count"], frame["mention_count"]) == (1, 0)
+    await sync_to_async(check_edit_message)(owner, message.pk, "look at this @member")
+    frame = await update_until(comm, project.pk, lambda f: f["seq"] == 2)
+    assert (frame["unread_count"], frame["mention_count"]) == (1, 1)
+    assert "notify" not in frame
+    await sync_to_async(check_edit_message)(owner, message.pk, "look at this")
+    frame = await update_until(comm, project.pk, lambda f: f["seq"] == 3)
+    assert (frame["unread_count"], frame["mention_count"]) == (1, 0)
+    await comm.disconnect()
+
+
 async def test_a_burst_is_coalesced_into_few_updates_with_the_final_counts(
         owner, member, project):
     comm = await open_me(member)
