@@ -57,7 +57,10 @@ def _media_root(tmp_path_factory):
 def _clear_cache():
     from django.core.cache import cache
 
+    from projects.list_cache import forget_cards
+
     cache.clear()
+    forget_cards()  # the list's cards of projects whose ids the next test reuses
     yield
 
 

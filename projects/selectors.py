@@ -143,84 +143,97 @@ def is_cached_list_form(page, per_page):
 
 
 class ProjectListRead:
-    """One read of a user's cached project list: the keys to fetch, then the body.
+    """One read of a user's project list: the keys to fetch, then the body.
 
-    The entry holds the user's version (bumped on membership changes, reads
-    and changes of the user's projects) and the versions of all the user's
-    projects (bumped on every change in them) as they were read *before* the
-    body was built, so any change that alters an unread or mention count
-    retires it. `keys` are fetched in one cache round trip (by
-    get_user_projects_body, or by the hot path together with the session): the
-    user's version, the entry and the versions of the projects this process
-    last listed for the user. A hit needs nothing more; a miss adds one query
-    and one write (and, after a membership change, a read of the membership
-    ids). The remembered ids are only a prefetch: the projects checked are
-    always the entry's own, or the membership's under the user's version. Under a
-    busy project's writes most reads are misses, so there is no rebuild lock:
-    a user rarely has two list reads at once.
+    The list is assembled from the user's skeleton and the page's project cards
+    (projects.list_cache: the memberships under the user's version, each
+    project's fields and message tail under the project's version), so a
+    message retires one card per process instead of every member's list.
+    `keys` are fetched in one cache round trip (by get_user_projects_body, or
+    by the hot path together with the session): the user's version, the
+    skeleton and the versions of the projects this process last listed for the
+    user. When the skeleton is current, the page is those projects and this
+    process holds their cards at those versions, the body is computed with
+    nothing more (`current`); otherwise `body` reads what is missing -- the
+    skeleton (one query), the versions (one round trip), the cards changed
+    since (two statements for all of them). A member further behind than a
+    tail, or a skeleton still disagreeing with a card after being read again,
+    gets the list query (get_user_project_page). The remembered ids are only a
+    prefetch: the projects listed are always the skeleton's.
     """
 
     def __init__(self, user_id, page, per_page):
-        from chatsite.cache import make_key, version_key
+        from chatsite.cache import version_key
+        from projects.list_cache import skeleton_key
 
         self.user_id, self.page, self.per_page = user_id, page, per_page
         self.known_ids = _listed.get(user_id, ())
-        self.key = make_key("plist", user_id, page, per_page)
+        self.key = skeleton_key(user_id)
         self.keys = [version_key("user", user_id), self.key,
                      *(version_key("project", pid) for pid in self.known_ids)]
 
     def current(self, values):
-        """The cached body when `values` alone show it current, else None.
+        """The body when `values` and this process's cards alone make it, else None.
 
-        The common hit: the entry is the user's under the current version and
-        its projects' versions came in the same round trip. No further cache
-        call and no database: the hot path answers without Django's request
-        signals (which hand database connections back).
+        The common hit: no further cache call and no database, so the hot path
+        answers without Django's request signals (which hand database
+        connections back).
         """
         from chatsite.cache import CACHE_LOOKUPS
+        from projects.list_cache import assemble, cards_at, page_of
 
         user_version, entry = values[0], values[1]
-        if (user_version is None or entry is None or entry[0] != user_version
-                or tuple(entry[1]) != self.known_ids or None in values[2:]
-                or entry[1] != dict(zip(self.known_ids, values[2:]))):
+        if user_version is None or entry is None or entry[0] != user_version:
+            return None
+        versions = values[2:]
+        ids = tuple(row[0] for row in page_of(entry[1], self.page, self.per_page))
+        if ids != self.known_ids or None in versions:
+            return None
+        cards = cards_at(dict(zip(ids, versions)))
+        if len(cards) != len(ids):
+            return None
+        found = assemble(self.user_id, entry[1], self.page, self.per_page, cards)
+        if not isinstance(found, tuple):
             return None
         CACHE_LOOKUPS.labels("project_list", "hit").inc()
-        return entry[2]
+        return self.encode(*found)
 
     def body(self, user, values):
         """The encoded list, from `values` (the cached values of `keys`, None
-        where missing) when they show it current, else built and stored."""
-        from chatsite.cache import CACHE_LOOKUPS, get_or_build, get_versions, make_key, safe_set
+        where missing) and what they lack."""
+        from chatsite.cache import CACHE_LOOKUPS, get_versions, safe_set
+        from projects.list_cache import STALE, assemble, page_of, read_skeleton, refresh_cards
 
         user_version, entry = values[0], values[1]
         if user_version is None:
             user_version = get_versions("user", [self.user_id])[self.user_id]
-        if entry is not None and entry[0] == user_version:
-            # The entry's projects are the user's under this version; the
-            # remembered ids only save the round trip that reads their versions.
-            ids = tuple(entry[1])
+        skeleton = entry[1] if entry is not None and entry[0] == user_version else None
+        for _attempt in range(2):
+            if skeleton is None:
+                skeleton = read_skeleton(self.user_id)
+                safe_set(self.key, (user_version, skeleton))
+                fresh = True
+            else:
+                fresh = False
+            ids = tuple(row[0] for row in page_of(skeleton, self.page, self.per_page))
             if ids == self.known_ids and None not in values[2:]:
                 versions = dict(zip(ids, values[2:]))
             else:
-                versions = get_versions("project", list(ids))
-        else:
-            project_ids = get_or_build(
-                make_key("umem", self.user_id, user_version),
-                lambda: list(
-                    Membership.objects.filter(user_id=self.user_id, project__is_active=True)
-                    .order_by("project_id").values_list("project_id", flat=True)
-                ),
-                name="memberships",
-            )
-            versions = get_versions("project", project_ids) if project_ids else {}
-        self.remember(tuple(versions))
-        if entry is not None and entry[0] == user_version and entry[1] == versions:
-            CACHE_LOOKUPS.labels("project_list", "hit").inc()
-            return entry[2]
+                versions = get_versions("project", list(ids)) if ids else {}
+            self.remember(ids)
+            found = assemble(self.user_id, skeleton, self.page, self.per_page,
+                             refresh_cards(versions))
+            if isinstance(found, tuple):
+                CACHE_LOOKUPS.labels("project_list", "hit").inc()
+                return self.encode(*found)
+            if found != STALE or fresh:
+                break
+            skeleton = None  # read before a rename or a deactivation: read it again
         CACHE_LOOKUPS.labels("project_list", "miss").inc()
-        body = build_project_list_body(user, self.page, self.per_page)
-        safe_set(self.key, (user_version, versions, body))
-        return body
+        return build_project_list_body(user, self.page, self.per_page)
+
+    def encode(self, items, total):
+        return orjson.dumps(page_numbered(items, total, self.page, self.per_page))
 
     def remember(self, ids):
         if ids != self.known_ids:

@@ -478,15 +478,15 @@ def test_project_list_is_served_with_djangos_answer(apps, warm, project, owner, 
                                                     django_assert_num_queries):
     hot, plain = apps
     before = served()
-    with django_assert_num_queries(2):  # cold: the membership ids and the list, no Django
+    with django_assert_num_queries(3):  # cold: skeleton, project, tail; no Django
         first = list_answer(hot, warm)
     with django_assert_num_queries(0):  # current entry: no query
         second = list_answer(hot, warm)
     assert served() == before + 2
     assert first == second == list_answer(plain, warm)
     assert first[0] == 200 and unread(first[2]) == {project.pk: 0}
-    send(owner, project, 2)  # retires the entry
-    with django_assert_num_queries(1):  # the list's one statement
+    send(owner, project, 2)  # retires the project's card
+    with django_assert_num_queries(2):  # the project's row and its changes since
         status, _, body = list_answer(hot, warm)
     assert (status, unread(body), served()) == (200, {project.pk: 2}, before + 3)
 
@@ -539,12 +539,12 @@ def test_project_list_compression_matches_django(apps, owner, member):
 def test_project_list_database_outage_gets_djangos_503(apps, warm, monkeypatch):
     from django.db import OperationalError
 
-    from projects import selectors
+    from projects import list_cache
 
     def down(*args, **kwargs):
         raise OperationalError("the database is down")
 
-    monkeypatch.setattr(selectors, "build_project_list_body", down)
+    monkeypatch.setattr(list_cache, "read_skeleton", down)
     hot, plain = apps
     before = served()
     answer = list_answer(hot, warm)

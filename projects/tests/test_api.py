@@ -28,11 +28,11 @@ def test_project_list_query_count_is_constant(
         send(owner, project, 2)
         do_send_message(owner, project.pk, "@member look")
     client = login_client(member)
-    # auth (cached); the ids of the caller's projects (cached per user version,
-    # cold here); one SELECT of the page's memberships with their projects
-    # joined, the unread count and the unread-mention count as two correlated
-    # subqueries and `total` as a window count -- no query per project.
-    with django_assert_num_queries(auth_queries() + 2):
+    # auth (cached); cold here: the caller's memberships by name with `total`
+    # as a window count (the skeleton), the page's projects, their message
+    # tails with mentions -- one statement each, no query per project
+    # (projects.list_cache).
+    with django_assert_num_queries(auth_queries() + 3):
         response = client.get("/api/projects?per_page=100")
     assert response.status_code == 200
     body = response.json()

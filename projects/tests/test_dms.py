@@ -235,9 +235,10 @@ def test_project_list_names_dms_in_its_one_query(
         project, _ = dms.do_open_dm(other, [alice, carol])
         do_send_message(other, project.pk, "hi")
     client = login_client(alice)
-    # auth (cached); the ids of the caller's projects (cached per user
-    # version, cold here); one SELECT of the page, DM names included.
-    with django_assert_num_queries(auth_queries() + 2):
+    # auth (cached); cold here: the caller's memberships (the skeleton), the
+    # page's projects with their DM members' names, their message tails -- one
+    # statement each, whatever the number of DMs (projects.list_cache).
+    with django_assert_num_queries(auth_queries() + 3):
         body = client.get("/api/projects?per_page=100").json()
     kinds = {item["name"]: item["kind"] for item in body["items"]}
     assert kinds.pop("General") == "project"

@@ -6,7 +6,8 @@ from conftest import login_client
 
 
 def list_keys(keys):
-    return [k for k in keys if k.startswith("plist:")]
+    """The list's own entries: the user's skeleton (projects.list_cache)."""
+    return [k for k in keys if k.startswith("plskel:")]
 
 
 def test_other_pages_and_sizes_store_nothing(member, project, written):  # noqa: F811

@@ -80,8 +80,8 @@ def test_cached_body_follows_messages_reads_and_memberships(
     assert unread()["delta"] == 2
 
 
-def test_list_read_costs_one_cache_round_trip_and_a_write_when_retired(
-    projects, owner, member, send, monkeypatch, django_assert_num_queries
+def test_a_message_costs_a_process_two_statements_for_all_members(
+    projects, owner, member, make_user, send, monkeypatch, django_assert_num_queries
 ):
     from django.core.cache import cache
 
@@ -101,15 +101,24 @@ def test_list_read_costs_one_cache_round_trip_and_a_write_when_retired(
     for op in ("get", "get_many", "set", "add", "incr"):
         monkeypatch.setattr(cache, op, counted(op, getattr(cache, op)))
 
-    def read():
-        calls.clear()
-        return orjson.loads(get_user_projects_body(member, page=1, per_page=50))
+    other = make_user("other")
+    do_join_project(other, projects["gamma"].pk)
 
-    read()  # cold: learns the member's projects
+    def read(user=member):
+        calls.clear()
+        return orjson.loads(get_user_projects_body(user, page=1, per_page=50))
+
+    read(other)
+    read()  # cold: the skeletons, the projects' cards
     with django_assert_num_queries(0):
         assert read()["total"] == 3
-    assert calls == ["get_many"]  # the user's version, the entry, the projects' versions
+    assert calls == ["get_many"]  # the user's version, the skeleton, the projects' versions
     send(owner, projects["gamma"], 1)
-    with django_assert_num_queries(1):
+    # gamma's card is retired: its row and the messages changed since.
+    with django_assert_num_queries(2):
         assert {p["name"]: p["unread_count"] for p in read()["items"]}["gamma"] == 1
-    assert calls == ["get_many", "set"]
+    assert calls == ["get_many", "get_many"]  # and the cards' reset marks
+    # Every other member's list takes the same card: no statement, no write.
+    with django_assert_num_queries(0):
+        assert [(p["name"], p["unread_count"]) for p in read(other)["items"]] == [("gamma", 1)]
+    assert calls == ["get_many"]
