@@ -1,7 +1,8 @@
 """The sidebar's server-rendered list, on every signed-in page (templates/_sidebar.html).
 
-Lazy: the list (one query, projects.selectors.get_user_project_page, through
-chat.realtime.me.read_sidebar as the socket's hello reads it) is read
+Lazy: the list (assembled from the cached skeleton and project cards as the
+API's list is, through chat.realtime.me.read_sidebar as the socket's hello
+reads it) is read
 only when a template shows the sidebar, so JSON answers, the admin and
 anonymous pages pay nothing. static/chat/sidebar.js keeps it live over /ws/me/.
 """
@@ -22,9 +23,8 @@ def build_sidebar(request, user):
 
     match = getattr(request, "resolver_match", None)
     current = match.kwargs.get("project_id") if match is not None else None
-    # One query, always: the cached list (get_user_projects_body) saves it only
-    # while nothing changed, and after the project page's own read mark it
-    # costs two (the membership ids and the list).
+    # No query while the user's skeleton and the projects' cards are current;
+    # after the project page's own read mark, one (the skeleton).
     items = read_sidebar(user)
     if current not in {i["id"] for i in items}:
         current = None  # a refused page says nothing of the project it refused

@@ -201,6 +201,10 @@ class ProjectListRead:
     def body(self, user, values):
         """The encoded list, from `values` (the cached values of `keys`, None
         where missing) and what they lack."""
+        return self.encode(*self.items(user, values))
+
+    def items(self, user, values):
+        """(items, total) of the page, as get_user_project_page returns them."""
         from chatsite.cache import CACHE_LOOKUPS, get_versions, safe_set
         from projects.list_cache import STALE, assemble, page_of, read_skeleton, refresh_cards
 
@@ -225,12 +229,13 @@ class ProjectListRead:
                              refresh_cards(versions))
             if isinstance(found, tuple):
                 CACHE_LOOKUPS.labels("project_list", "hit").inc()
-                return self.encode(*found)
+                return found
             if found != STALE or fresh:
                 break
             skeleton = None  # read before a rename or a deactivation: read it again
         CACHE_LOOKUPS.labels("project_list", "miss").inc()
-        return build_project_list_body(user, self.page, self.per_page)
+        return get_user_project_page(user, offset=(self.page - 1) * self.per_page,
+                                     limit=self.per_page)
 
     def encode(self, items, total):
         return orjson.dumps(page_numbered(items, total, self.page, self.per_page))
@@ -252,13 +257,27 @@ def build_project_list_body(user, page, per_page):
 
 def get_user_projects_body(user, *, page, per_page):
     """Return the encoded project-list JSON of a user (cached: ProjectListRead)."""
-    from chatsite.cache import safe_get_many
-
     if not settings.CACHE_HOT_READS or not is_cached_list_form(page, per_page):
         return build_project_list_body(user, page, per_page)
     read = ProjectListRead(user.pk, page, per_page)
+    return read.body(user, _values(read))
+
+
+def get_user_project_items(user, *, page=1, per_page):
+    """(items, total): a page of a user's project list as get_user_project_page
+    returns it, assembled as the API's list is (the home page, the sidebar of
+    the pages and of /ws/me/)."""
+    if not settings.CACHE_HOT_READS or not is_cached_list_form(page, per_page):
+        return get_user_project_page(user, offset=(page - 1) * per_page, limit=per_page)
+    read = ProjectListRead(user.pk, page, per_page)
+    return read.items(user, _values(read))
+
+
+def _values(read):
+    from chatsite.cache import safe_get_many
+
     found = safe_get_many(read.keys)
-    return read.body(user, [found.get(key) for key in read.keys])
+    return [found.get(key) for key in read.keys]
 
 
 # --- members ---------------------------------------------------------------------------

@@ -47,11 +47,10 @@ def render_not_found(request, message="There is nothing here."):
 def render_home(request, *, create_error=None, create_form=None, status=200):
     user = request.user
     page = parse_page_number(request.GET.get("page"))
-    projects, total = selectors.get_user_project_page(
-        user, offset=(page - 1) * HOME_PAGE_SIZE, limit=HOME_PAGE_SIZE
-    )
+    projects, total = selectors.get_user_project_items(
+        user, page=page, per_page=HOME_PAGE_SIZE)
     context = {
-        # One list query; its DMs are shown in their own section.
+        # The API's list (projects.list_cache); its DMs in their own section.
         "projects": [p for p in projects if p["kind"] != "dm"],
         "direct_messages": [p for p in projects if p["kind"] == "dm"],
         "total": total,

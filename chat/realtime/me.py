@@ -55,10 +55,11 @@ def mentions_user(content_html, user_id):
 
 
 def read_sidebar(user):
-    """The user's projects with counts: one query (projects.selectors)."""
-    from projects.selectors import get_user_project_page
+    """The user's projects with counts, assembled as the API's list is
+    (projects.selectors.get_user_project_items)."""
+    from projects.selectors import get_user_project_items
 
-    items, _total = get_user_project_page(user, limit=SIDEBAR_MAX_PROJECTS)
+    items, _total = get_user_project_items(user, per_page=SIDEBAR_MAX_PROJECTS)
     return items
 
 

@@ -222,8 +222,9 @@ def test_rich_messages_cost_the_page_no_query(
     warm_up(client_member)
     # As for plain messages (test_pages.py): membership, the page of messages,
     # the read mark's membership check and UPDATE, the member count. Reactions
-    # and attachments are on the message row (their summaries); the sidebar's list.
-    with django_assert_num_queries(6):
+    # and attachments are on the message row (their summaries); the sidebar's list
+    # (cold: memberships, the project's row, its message tail).
+    with django_assert_num_queries(8):
         response = client_member.get(page_url(project))
     assert len(rendered_seqs(response)) == 12
     assert response.text.count('class="attachment attachment-image"') == 12
