@@ -158,11 +158,13 @@ def mark_reset(project_id):
 
 
 @replica_read
-def refresh_cards(versions):
+def refresh_cards(versions, resets=None):
     """{project id: Card} at these versions: the held ones, the others refreshed
     from the database (their previous card plus the changes since, or whole).
 
-    Projects that no longer exist are left out.
+    `resets`: {project id: reset mark} when the caller fetched the marks
+    (reset_key) with the versions, else they are read here. Projects that no
+    longer exist are left out.
     """
     from chatsite.cache import CACHE_LOOKUPS, safe_get_many
 
@@ -171,7 +173,9 @@ def refresh_cards(versions):
     if not stale:
         return found
     CACHE_LOOKUPS.labels("project_card", "miss").inc(len(stale))
-    resets = safe_get_many([reset_key(pid) for pid in stale])
+    if resets is None:
+        marks = safe_get_many([reset_key(pid) for pid in stale])
+        resets = {pid: marks.get(reset_key(pid)) for pid in stale}
     with connections[read_alias()].cursor() as cursor:
         rows = _project_rows(cursor, stale)
         whole, deltas = {}, {}
@@ -180,7 +184,7 @@ def refresh_cards(versions):
                 continue
             fields = rows[pid][0]
             previous = _cards.get(pid)
-            if (previous is None or previous.reset != resets.get(reset_key(pid))
+            if (previous is None or previous.reset != resets.get(pid)
                     or previous.fields["created_at"] != fields["created_at"]  # id reused
                     or fields["seq"] - previous.covered > TAIL_SEQS):
                 whole[pid] = _floor(fields)
@@ -195,7 +199,7 @@ def refresh_cards(versions):
         # No change numbered up to the floor touches a message after it.
         entries, covered = tails.get(pid, ({}, 0))
         built.append(Card(pid, versions[pid], *rows[pid], max(covered, floor), floor, entries,
-                          resets.get(reset_key(pid))))
+                          resets.get(pid)))
     for pid, previous in deltas.items():
         built.append(_next_card(previous, versions[pid], *rows[pid],
                                 changes.get(pid, ({}, 0))))

@@ -151,8 +151,8 @@ class ProjectListRead:
     message retires one card per process instead of every member's list.
     `keys` are fetched in one cache round trip (by get_user_projects_body, or
     by the hot path together with the session): the user's version, the
-    skeleton and the versions of the projects this process last listed for the
-    user. When the skeleton is current, the page is those projects and this
+    skeleton, and the versions and reset marks (list_cache.mark_reset) of the
+    projects this process last listed for the user. When the skeleton is current, the page is those projects and this
     process holds their cards at those versions, the body is computed with
     nothing more (`current`); otherwise `body` reads what is missing -- the
     skeleton (one query), the versions (one round trip), the cards changed
@@ -164,13 +164,14 @@ class ProjectListRead:
 
     def __init__(self, user_id, page, per_page):
         from chatsite.cache import version_key
-        from projects.list_cache import skeleton_key
+        from projects.list_cache import reset_key, skeleton_key
 
         self.user_id, self.page, self.per_page = user_id, page, per_page
         self.known_ids = _listed.get(user_id, ())
         self.key = skeleton_key(user_id)
         self.keys = [version_key("user", user_id), self.key,
-                     *(version_key("project", pid) for pid in self.known_ids)]
+                     *(version_key("project", pid) for pid in self.known_ids),
+                     *(reset_key(pid) for pid in self.known_ids)]
 
     def current(self, values):
         """The body when `values` and this process's cards alone make it, else None.
@@ -185,7 +186,7 @@ class ProjectListRead:
         user_version, entry = values[0], values[1]
         if user_version is None or entry is None or entry[0] != user_version:
             return None
-        versions = values[2:]
+        versions = values[2:2 + len(self.known_ids)]
         ids = tuple(row[0] for row in page_of(entry[1], self.page, self.per_page))
         if ids != self.known_ids or None in versions:
             return None
@@ -212,6 +213,8 @@ class ProjectListRead:
         if user_version is None:
             user_version = get_versions("user", [self.user_id])[self.user_id]
         skeleton = entry[1] if entry is not None and entry[0] == user_version else None
+        known = len(self.known_ids)
+        known_versions, known_resets = values[2:2 + known], values[2 + known:]
         for _attempt in range(2):
             if skeleton is None:
                 skeleton = read_skeleton(self.user_id)
@@ -220,13 +223,15 @@ class ProjectListRead:
             else:
                 fresh = False
             ids = tuple(row[0] for row in page_of(skeleton, self.page, self.per_page))
-            if ids == self.known_ids and None not in values[2:]:
-                versions = dict(zip(ids, values[2:]))
+            if ids == self.known_ids and None not in known_versions:
+                versions = dict(zip(ids, known_versions))
+                resets = dict(zip(ids, known_resets))
             else:
                 versions = get_versions("project", list(ids)) if ids else {}
+                resets = None  # refresh_cards reads the marks it needs
             self.remember(ids)
             found = assemble(self.user_id, skeleton, self.page, self.per_page,
-                             refresh_cards(versions))
+                             refresh_cards(versions, resets))
             if isinstance(found, tuple):
                 CACHE_LOOKUPS.labels("project_list", "hit").inc()
                 return found
