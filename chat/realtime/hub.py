@@ -65,6 +65,7 @@ class _Registry:
         # Revocations heard: a socket that was connecting meanwhile checks again.
         self.access_events = 0
         self.refresher = None
+        self.poller = None
 
     # -- sockets by user --
     def add_socket(self, consumer):
@@ -89,6 +90,31 @@ class _Registry:
                 await get_bus().refresh_sockets(pairs)
             except Exception:  # noqa: BLE001 - counted again on the next round
                 logger.info("event=socket_refresh_failed")
+
+    # -- the safety net under the bus --
+    def watch(self):
+        """Poll while this loop has hubs (a hub calls it when it starts)."""
+        if self.poller is None or self.poller.done():
+            self.poller = self.loop.create_task(self._poll(), context=contextvars.Context())
+
+    async def _poll(self):
+        """Every POLL_SECONDS, compare every hub's delivered number with the
+        project's in the database -- one query for all of this loop's hubs --
+        and have a hub that is behind catch up (a lost last publish leaves no
+        gap for the hub to see)."""
+        while self.hubs:
+            await asyncio.sleep(POLL_SECONDS)
+            hubs = [hub for hub in self.hubs.values() if hub.started and not hub.closed]
+            if not hubs:
+                continue
+            try:
+                seqs = await _read_project_seqs([hub.project_id for hub in hubs])
+            except Exception:  # noqa: BLE001 - database away: try next time
+                continue
+            for hub in hubs:
+                seq = seqs.get(hub.project_id, 0)
+                if seq > hub.last_seq and hub.gap_handle is None and not hub.closed:
+                    hub.request_catch_up()
 
 
 registries = weakref.WeakKeyDictionary()  # loop -> _Registry
@@ -176,6 +202,13 @@ def _read_project_seq(project_id):
 
 
 @db_task
+def _read_project_seqs(project_ids):
+    from projects.models import Project
+
+    return dict(Project.objects.filter(pk__in=project_ids).values_list("pk", "seq"))
+
+
+@db_task
 def _read_replay(project_id, after, upto):
     from chat.selectors import get_changes_after
     from chat.serializers import serialize_messages
@@ -217,7 +250,6 @@ class ProjectHub:
         self.catching_up = False
         self.closed = False
         self.presence = Presence(self)
-        self.poller = None
         self.replays = {}  # (after, upto) -> the read of their frames, shared a while
 
     async def start(self):
@@ -227,7 +259,7 @@ class ProjectHub:
         early, self.early = self.early, []
         for data in early:
             self.feed_raw(data)
-        self.poller = self.loop.create_task(self._poll(), context=contextvars.Context())
+        get_registry().watch()
         self.presence.start()
 
     # -- sockets --
@@ -257,8 +289,6 @@ class ProjectHub:
         registry = registries.get(self.loop)
         if registry is not None and registry.hubs.get(self.project_id) is self:
             del registry.hubs[self.project_id]
-        if self.poller is not None:
-            self.poller.cancel()
         self.presence.stop()
         for handle in (self.flush_handle, self.gap_handle):
             if handle is not None:
@@ -389,16 +419,6 @@ class ProjectHub:
             logger.warning("event=catch_up_failed project=%s", self.project_id, exc_info=True)
         finally:
             self.catching_up = False
-
-    async def _poll(self):
-        while True:
-            await asyncio.sleep(POLL_SECONDS)
-            try:
-                seq = await _read_project_seq(self.project_id)
-            except Exception:  # noqa: BLE001 - database away: try next time
-                continue
-            if seq > self.last_seq and self.gap_handle is None:
-                self.request_catch_up()
 
     # -- output --
     def flush(self):

@@ -313,6 +313,35 @@ async def test_gap_is_filled_from_the_database(member, owner, project):
     await comm.disconnect()
 
 
+async def test_one_poll_reads_every_hub_and_finds_a_lost_last_publish(
+    member, owner, project, monkeypatch
+):
+    # A lost publish with no later change leaves no gap for the hub to see: the
+    # process's poll finds it, with one query for all of the loop's hubs.
+    from projects.actions import do_create_project, do_join_project
+
+    other = await sync_to_async(do_create_project)(owner, name="Other")
+    await sync_to_async(do_join_project)(member, other.pk)
+    monkeypatch.setattr(realtime_hub, "POLL_SECONDS", 0.05)
+    reads = []
+    real_read = realtime_hub._read_project_seqs
+
+    async def counted(project_ids):
+        reads.append(sorted(project_ids))
+        return await real_read(project_ids)
+
+    monkeypatch.setattr(realtime_hub, "_read_project_seqs", counted)
+    first = await open_socket(member, project.pk)
+    second = await open_socket(member, other.pk)
+    realtime_hub.get_registry().hubs[project.pk].feed_raw = lambda data: None  # lost
+    await send_as(owner, project, 1)
+    _, messages = await collect_messages(first, 1, timeout=5)
+    assert [m["changed_seq"] for m in messages] == [1]
+    assert reads and all(ids == sorted([project.pk, other.pk]) for ids in reads[-2:])
+    await first.disconnect()
+    await second.disconnect()
+
+
 async def test_large_catch_up_comes_in_few_frames_and_closes_no_socket(member, owner, project):
     # A bus that lost 30 publishes (a Redis outage): the hub fills the gap from
     # the database. In batches of one that is 30 frames in one loop turn, ten
