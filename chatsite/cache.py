@@ -277,7 +277,17 @@ def uncount(key, window_seconds):
 
 
 def _is_redis():
-    return settings.CACHES["default"]["BACKEND"] == "django_redis.cache.RedisCache"
+    return is_redis_cache("default")
+
+
+def is_redis_cache(alias):
+    """Whether a cache alias is django-redis's (its class or a subclass such as
+    SharedClientRedisCache): then its raw client serves pipelines and one-trip
+    MGETs."""
+    from django.utils.module_loading import import_string
+    from django_redis.cache import RedisCache
+
+    return issubclass(import_string(settings.CACHES[alias]["BACKEND"]), RedisCache)
 
 
 # --- one rebuild per burst -------------------------------------------------------------

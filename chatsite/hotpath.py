@@ -56,7 +56,7 @@ from django.utils.crypto import constant_time_compare
 from prometheus_client import Counter
 
 from chatsite import metrics
-from chatsite.cache import CACHE_ERRORS, CACHE_LOOKUPS
+from chatsite.cache import CACHE_ERRORS, CACHE_LOOKUPS, is_redis_cache
 from chatsite.compression import choose_encoding, compress
 from chatsite.logging import REQUEST_ID_HEADER, accept_request_id
 from chatsite.pagination import DEFAULT_LIMIT, DEFAULT_PER_PAGE, MAX_LIMIT, MAX_PER_PAGE
@@ -458,7 +458,8 @@ def fetch(pairs):
     shard at once (chatsite.scaleout.redis_client.multi_get)."""
     aliases = {alias for alias, _ in pairs}
     try:
-        if all(_is_redis(a) for a in aliases) and len({_location(a) for a in aliases}) == 1:
+        if (all(is_redis_cache(a) for a in aliases)
+                and len({_location(a) for a in aliases}) == 1):
             from django_redis import get_redis_connection
 
             from chatsite.scaleout.redis_client import multi_get
@@ -473,10 +474,6 @@ def fetch(pairs):
     except Exception:  # noqa: BLE001 - a cache outage: Django's path degrades gracefully
         CACHE_ERRORS.labels("hot_get_many").inc()
         raise Declined("cache_error") from None
-
-
-def _is_redis(alias):
-    return settings.CACHES[alias]["BACKEND"] == "django_redis.cache.RedisCache"
 
 
 def _location(alias):

@@ -46,10 +46,12 @@ from chatsite.rawsql import as_datetime
 
 # Changes a card's tail reaches back: it keeps every message whose seq is within
 # this many of the project's (the (project, seq) index reads them); a member
-# further behind reads the list query.
-TAIL_SEQS = 1000
-# Cards a process keeps (the least recently refreshed go first).
-CARDS_MAX = 2000
+# further behind reads the list query. A full tail is ~80 KiB of a process's
+# memory (~160 bytes a message).
+TAIL_SEQS = 500
+# Cards a process keeps (the least recently refreshed go first): at most
+# ~80 MiB of full tails.
+CARDS_MAX = 1000
 
 
 class Card:

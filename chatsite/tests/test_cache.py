@@ -174,3 +174,33 @@ def test_redis_cache_backends_of_one_cache_share_one_client():
     assert first is not second
     assert first.client is second.client
     assert other.client is not first.client
+
+
+def test_the_production_caches_take_one_round_trip_paths(settings, monkeypatch):
+    # settings.CACHES names chatsite.cache.SharedClientRedisCache: it must still
+    # count as django-redis's, or the hot path reads the session and its keys in
+    # two trips and the send limiter counts in two.
+    from chatsite import cache as chat_cache
+    from chatsite import hotpath
+    from chatsite.scaleout import redis_client
+
+    if not settings.CACHES["default"]["BACKEND"].startswith("chatsite.cache."):
+        pytest.skip("needs the production caches: set REDIS_URL=redis://...")
+    assert chat_cache.is_redis_cache("default") and chat_cache.is_redis_cache("sessions")
+    trips = []
+    real_multi_get = redis_client.multi_get
+
+    def counted(client, keys):
+        trips.append(len(keys))
+        return real_multi_get(client, keys)
+
+    monkeypatch.setattr(redis_client, "multi_get", counted)
+    assert hotpath.fetch([("sessions", "s"), ("default", "a"), ("default", "b")]) == [
+        None, None, None]
+    assert trips == [3]
+    pipelines = []
+    real_add = chat_cache._add_in_redis
+    monkeypatch.setattr(chat_cache, "_add_in_redis",
+                        lambda *args: pipelines.append(args) or real_add(*args))
+    assert chat_cache.count_in_window("probe", 10)[0] == 1
+    assert len(pipelines) == 1
