@@ -10,6 +10,7 @@ PY = sys.executable
 for script, args in (
     ("bench/json_bench.py", []),
     ("bench/http_bench.py", ["--messages", "1000000"]),
+    ("bench/list_bench.py", ["--out", "bench/results/list_bench.md"]),
     ("bench/broadcast_bench.py", []),
     ("bench/socket_memory.py", []),
     ("bench/socket_storm.py", ["--mode", "storm"]),
