@@ -19,11 +19,12 @@ read needs.
   project's `total`; every send, edit and delete bumps the version it is tagged
   with, so a stale `total` is declined, never served). Other pages and sizes,
   and `/api/messages` without project_id (the all-messages view), are Django's.
-- Project list: projects.selectors.ProjectListRead's keys; a current entry is
-  answered as it is, else the list is read from the database (one query, the
-  Django path's own) and stored, here: under writes the list is retired by
-  every message in any of the user's projects, so declining would send most
-  list reads through Django's stack. A database outage gets the API's 503
+- Project list: projects.selectors.ProjectListRead's keys (the user's
+  version and memberships, the listed projects' versions and reset marks); the
+  list is assembled from them and this process's project cards
+  (projects.list_cache), and cards a change retired are refreshed from the
+  database here: under writes most reads find one, so declining would send
+  them through Django's stack. A database outage gets the API's 503
   (chatsite.api.on_database_down), Retry-After included.
 
 Anything else — no session cookie, a session or user not in the cache, a session
